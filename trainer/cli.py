@@ -1,0 +1,69 @@
+"""The `hydratune` console command: ``hydratune [COMMAND] [OVERRIDES...]``.
+
+The first word picks the command (train when it is an override or absent); Hydra composes and validates
+the config; the hardware strategy's launcher runs it. Nothing here imports torch: ``--help`` and
+``--cfg job`` stay fast.
+
+    hydratune model=tiny_random train.max_steps=3 hydra.run.dir=/tmp/run
+    hydratune prepare dataset=chat_jsonl dataset.path=data.jsonl
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from trainer import schema
+from trainer.errors import UserError, explain_composition_error
+
+COMMANDS = ("train", "prepare", "eval")
+_command = "train"
+
+
+@hydra.main(config_path="pkg://conf", config_name="config", version_base="1.3")
+def _task(cfg: DictConfig) -> float | None:
+    from launchers import launch
+
+    return launch(cfg, _command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    global _command
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and not args[0].startswith("-") and "=" not in args[0]:
+        word = args.pop(0)
+        if word not in COMMANDS:
+            _fail(f"Unknown command '{word}'. Commands: {', '.join(COMMANDS)} (train is the default).")
+        _command = word
+    schema.register()
+    # Hydra prints composition errors with a hint to set HYDRA_FULL_ERROR; we catch them ourselves instead and
+    # print one paragraph that names the key and the allowed values.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    sys.argv = [sys.argv[0], *args]
+    try:
+        _task()
+    except UserError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - only composition errors are rewritten, the rest re-raised
+        if not _is_composition_error(exc):
+            raise
+        _fail(explain_composition_error(exc))
+
+
+def _is_composition_error(exc: BaseException) -> bool:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(exc, HydraException | OmegaConfBaseException) and not isinstance(exc, UserError)
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"hydratune: error: {message}\n")
+    raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

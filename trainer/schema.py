@@ -1,0 +1,316 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+Each YAML option under conf/<group>/ starts its defaults list with one of the schemas below
+(``defaults: [schema_local, _self_]``), so a misspelt key or a wrong type fails when Hydra composes
+the config, before anything heavy is imported. Every field is documented once, here.
+
+Library pass-through nodes (``train`` -> trl.SFTConfig, ``method.peft`` -> peft.LoraConfig,
+``method.quantization`` -> transformers.BitsAndBytesConfig) are free-form here and checked against
+the library's own signature by :mod:`trainer.config_checks` before any model loads.
+
+This module must not import torch (``hydratune --help`` and ``--cfg job`` stay fast).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+# ---------------------------------------------------------------- model
+
+
+@dataclass
+class ModelSchema:
+    #: Where the weights come from: ``hf`` (a Hugging Face id or a local folder), ``gguf_wheel`` (a GGUF
+    #: file inside an installed Python package, converted once into a cached HF folder), ``tiny_random``
+    #: (a tiny random Llama built in-process, for tests) or ``provider`` (a model behind a fine-tuning API).
+    source: str = "hf"
+    #: Hugging Face id, local folder, ``package/file.gguf`` for gguf_wheel, or the provider's model name.
+    name_or_path: str = MISSING
+    #: Model revision (branch, tag or commit) for hub models.
+    revision: str | None = None
+    #: Weight dtype: auto (bf16 on a GPU that supports it, else fp32), float32, bfloat16 or float16.
+    dtype: str = "auto"
+    #: A Jinja chat template replacing the tokenizer's own (``null`` keeps the tokenizer's template).
+    #: ``chatml`` selects the ChatML template, for base models that ship none.
+    chat_template: str | None = None
+    #: Passed to from_pretrained; only set it for models whose code you trust.
+    trust_remote_code: bool = False
+    #: Attention kernel: null (library default), eager, sdpa or flash_attention_2.
+    attn_implementation: str | None = None
+    #: Padding side used for batched generation (decoder-only models need left).
+    generation_padding_side: str = "left"
+    #: Context length the model supports; used to warn about truncation.
+    max_context: int | None = None
+    #: Tokenizer family for provider models (tiktoken encoding name, e.g. o200k_base).
+    encoding: str | None = None
+
+
+# ---------------------------------------------------------------- dataset
+
+
+@dataclass
+class TemplatesSchema:
+    #: ``{column}`` templates that turn a table row into messages (format=template).
+    system: str | None = None
+    user: str | None = None
+    assistant: str | None = None
+
+
+@dataclass
+class SourceSchema:
+    #: A local file (.jsonl, .json, .csv, .parquet), a folder written by datasets' save_to_disk, or a
+    #: Hugging Face dataset id.
+    path: str = MISSING
+    #: Row format: chat, alpaca, sharegpt, prompt_completion, text, template or preference.
+    format: str = "chat"
+    #: Split to read from a hub dataset or a save_to_disk folder (ignored for plain files).
+    split: str | None = None
+    #: Relative sampling weight when several sources are mixed (1.0 = every row once).
+    weight: float = 1.0
+    #: Canonical field -> column name in this source (e.g. ``{messages: conversation}``).
+    columns: dict[str, str] = field(default_factory=dict)
+    #: Source role name -> chat role (sharegpt's ``human`` -> ``user``, ``gpt`` -> ``assistant``).
+    roles: dict[str, str] = field(default_factory=dict)
+    #: Templates for format=template.
+    templates: TemplatesSchema = field(default_factory=TemplatesSchema)
+
+
+@dataclass
+class DatasetSchema(SourceSchema):
+    #: Short name used in logs and the report.
+    name: str = MISSING
+    #: Further sources mixed with the one above, each with its own format, mapping and weight.
+    mix: list[SourceSchema] = field(default_factory=list)
+    #: Validation data: a file of its own (same format) ...
+    validation_path: str | None = None
+    #: ... or a named split of the source ...
+    validation_split: str | None = None
+    #: ... or a seeded share of the training rows: a fraction (< 1) or a row count (>= 1).
+    validation_size: float = 0.1
+    #: Seed of the train/validation split; the split is deterministic for a given seed and data.
+    split_seed: int = 1234
+    #: Keep at most this many training rows (after the split); null keeps all.
+    max_train_examples: int | None = None
+    #: What to do with invalid rows: fail (nothing trains, every bad row is listed) or skip (listed and counted).
+    on_error: str = "fail"
+    #: Train on every token (true) or only on the assistant's answers / completions (false).
+    train_on_all_tokens: bool = False
+    #: Reuse tokenized data from the preprocessing cache when its key matches.
+    use_cache: bool = True
+
+
+# ---------------------------------------------------------------- method
+
+
+@dataclass
+class MethodSchema:
+    #: full, lora, dora or qlora.
+    name: str = MISSING
+    #: peft config (``_target_: peft.LoraConfig`` and its own argument names); null for full fine-tuning.
+    peft: Any = None
+    #: Quantization of the base weights (``_target_: transformers.BitsAndBytesConfig``); null for none.
+    quantization: Any = None
+    #: Merge the adapter into the base weights after training and save the merged model too.
+    merge_adapter: bool = False
+
+
+# ---------------------------------------------------------------- hardware
+
+
+@dataclass
+class LocalHardwareSchema:
+    #: Strategy name (auto, cpu, single_gpu ...).
+    name: str = MISSING
+    #: Strategy family: local (in this process), distributed (several processes) or cloud (provider API).
+    kind: str = "local"
+    #: auto (one CUDA GPU if present, else CPU), cpu or cuda.
+    device: str = "auto"
+    #: CPU threads per process; null uses every core (divided among processes).
+    threads: int | None = None
+
+
+@dataclass
+class DistributedHardwareSchema(LocalHardwareSchema):
+    kind: str = "distributed"
+    #: torchrun, deepspeed or accelerate.
+    launcher: str = "torchrun"
+    #: Processes per node; null means every visible GPU (or 2 on a CPU-only machine).
+    num_processes: int | None = None
+    num_nodes: int = 1
+    #: This node's rank; null reads NODE_RANK / SLURM_NODEID from the environment (0 if unset).
+    node_rank: int | None = None
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    #: ZeRO stage (0 = plain DDP, no DeepSpeed).
+    zero_stage: int = 0
+    #: Offload optimizer state and parameters to CPU (ZeRO-3 only).
+    offload: bool = False
+    #: A DeepSpeed JSON file of your own, used as is instead of the generated one.
+    deepspeed_config: str | None = None
+    #: Print the launcher command and the generated DeepSpeed config, run nothing.
+    dry_run: bool = False
+    #: Seconds the process group waits for all ranks.
+    timeout_s: int = 1800
+
+
+@dataclass
+class DeploymentSchema:
+    #: Create an Azure deployment of the fine-tuned model after the job succeeds.
+    create: bool = False
+    #: Deployment name (defaults to the run name).
+    name: str | None = None
+    subscription_id: str | None = None
+    resource_group: str | None = None
+    resource_name: str | None = None
+    #: Management API version of Microsoft.CognitiveServices.
+    api_version: str = "2024-10-01"
+    #: Management endpoint (a local fake in tests).
+    management_url: str = "https://management.azure.com"
+    #: Bearer token for the management API; read from the environment only.
+    token: str | None = "${oc.env:AZURE_MANAGEMENT_TOKEN,null}"
+    sku: str = "standard"
+    capacity: int = 1
+    #: Delete the deployment when evaluation is done (hosting is billed by the hour).
+    delete_after: bool = True
+    #: Seconds to wait for the deployment to become ready.
+    timeout_s: int = 1800
+
+
+@dataclass
+class CloudHardwareSchema(LocalHardwareSchema):
+    kind: str = "cloud"
+    #: openai or azure_openai.
+    provider: str = MISSING
+    #: API base URL; null lets the SDK read OPENAI_BASE_URL / AZURE_OPENAI_ENDPOINT.
+    base_url: str | None = None
+    #: API key; leave null so the SDK reads OPENAI_API_KEY / AZURE_OPENAI_API_KEY. Never written to disk.
+    api_key: str | None = None
+    organization: str | None = None
+    project: str | None = None
+    #: Azure API version (null lets the SDK read OPENAI_API_VERSION).
+    api_version: str | None = None
+    #: Training objective at the provider: supervised or dpo.
+    objective: str = "supervised"
+    #: Provider hyperparameters: a number or "auto".
+    n_epochs: Any = "auto"
+    batch_size: Any = "auto"
+    learning_rate_multiplier: Any = "auto"
+    seed: int | None = None
+    suffix: str | None = None
+    #: What Ctrl-C does to a running job: detach (it keeps running) or cancel.
+    on_interrupt: str = "detach"
+    #: First and largest poll interval in seconds (exponential backoff in between).
+    poll_interval_s: float = 5.0
+    max_poll_interval_s: float = 60.0
+    #: Retries for 429 and 5xx answers.
+    max_retries: int = 6
+    #: Concurrent chat-completion requests during evaluation.
+    eval_concurrency: int = 4
+    #: USD per 1M training tokens, by model name (estimate only; check the provider's price list).
+    price_per_million_training_tokens: dict[str, float] = field(default_factory=dict)
+    deployment: DeploymentSchema = field(default_factory=DeploymentSchema)
+
+
+# ---------------------------------------------------------------- logger, eval
+
+
+@dataclass
+class LoggerSchema:
+    #: none, jsonl, tensorboard or wandb.
+    name: str = MISSING
+    #: Training-log interval in optimizer steps.
+    logging_steps: int = 1
+    #: wandb: project and mode (offline unless you ask for online; online falls back to offline
+    #: when the wandb server cannot be reached within the timeout).
+    project: str = "hydratune"
+    mode: str = "offline"
+    timeout_s: float = 5.0
+
+
+@dataclass
+class GenerationSchema:
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
+
+
+@dataclass
+class EvalSchema:
+    #: Evaluate at all (base and fine-tuned).
+    enabled: bool = True
+    #: Evaluate the base model too, so the report can answer "did fine-tuning help?".
+    compare_base: bool = True
+    #: Also evaluate the base model with K training examples as demonstrations (0 = off).
+    few_shot: int = 0
+    #: Held-out examples to generate for (null = all).
+    max_examples: int | None = 100
+    #: Prompts per generation batch.
+    batch_size: int = 16
+    generation: GenerationSchema = field(default_factory=GenerationSchema)
+    #: Metric objects (``_target_`` + arguments); each has a name and scores (prediction, reference).
+    metrics: list[Any] = field(default_factory=list)
+    #: Reuse the base model's results from the cache when model, data and eval settings are unchanged.
+    cache_base: bool = True
+
+
+# ---------------------------------------------------------------- root
+
+
+@dataclass
+class RootSchema:
+    model: Any = MISSING
+    dataset: Any = MISSING
+    method: Any = MISSING
+    hardware: Any = MISSING
+    logger: Any = MISSING
+    eval: Any = MISSING
+    #: Passed to trl.SFTConfig with TRL's own field names (max_steps, learning_rate, ...).
+    train: dict[str, Any] = field(default_factory=dict)
+    #: Global seed (data order, initialisation, generation).
+    seed: int = 42
+    #: Name of the run, used in the output path and the report.
+    run_name: str = "run"
+    #: Where prepared datasets, converted models and base-model evaluations are cached.
+    cache_dir: str = "${oc.env:HYDRATUNE_CACHE,${oc.env:HOME}/.cache/hydratune}"
+    #: Allow a new run in a directory that holds a finished run (its results are moved aside, not deleted).
+    overwrite: bool = False
+    #: Files written by the run go here (Hydra's run dir).
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+SCHEMAS: dict[tuple[str | None, str], type] = {
+    (None, "schema_root"): RootSchema,
+    ("model", "schema_model"): ModelSchema,
+    ("dataset", "schema_dataset"): DatasetSchema,
+    ("method", "schema_method"): MethodSchema,
+    ("hardware", "schema_local"): LocalHardwareSchema,
+    ("hardware", "schema_distributed"): DistributedHardwareSchema,
+    ("hardware", "schema_cloud"): CloudHardwareSchema,
+    ("logger", "schema_logger"): LoggerSchema,
+    ("eval", "schema_eval"): EvalSchema,
+}
+
+
+def _asset(name: str) -> str:
+    """``${asset:quickstart/train.jsonl}``: the path of a data file shipped inside the package."""
+    return str(resources.files("trainer") / "assets" / name)
+
+
+def register() -> None:
+    """Register every schema and resolver; safe to call more than once."""
+    store = ConfigStore.instance()
+    for (group, name), node in SCHEMAS.items():
+        store.store(group=group, name=name, node=node)
+    if not OmegaConf.has_resolver("asset"):
+        OmegaConf.register_new_resolver("asset", _asset)
+
+
+register()
