@@ -27,7 +27,10 @@ _command = "train"
 def _task(cfg: DictConfig) -> float | None:
     from launchers import launch
 
-    return launch(cfg, _command)
+    try:
+        return launch(cfg, _command)
+    except UserError as exc:
+        _fail(str(exc))  # SystemExit passes through Hydra's job runner without its "Error executing job" line
 
 
 def main(argv: list[str] | None = None) -> None:

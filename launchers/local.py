@@ -1,0 +1,59 @@
+"""Run a config in this process on the CPU or one GPU."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from trainer import rundir
+from trainer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(hardware: DictConfig, needs_cuda: bool) -> str:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if hardware.device == "cuda" and not cuda:
+        raise UserError(
+            f"hardware={hardware.name} needs a CUDA GPU and torch sees none (torch {torch.__version__}, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Use hardware=cpu, or install a "
+            "CUDA build of torch on a machine with an NVIDIA GPU."
+        )
+    if needs_cuda and not cuda:
+        raise UserError(
+            "This method quantizes the base model with bitsandbytes, which needs a CUDA GPU, and this machine has "
+            "none. Use method=lora (or dora/full) here, or run on a machine with an NVIDIA GPU."
+        )
+    return "cuda" if hardware.device == "cuda" or (hardware.device == "auto" and cuda) else "cpu"
+
+
+def set_threads(hardware: DictConfig, processes: int = 1) -> int:
+    """Use every core unless told otherwise (accelerate and others default to one thread: ~1.8x slower)."""
+    import torch
+
+    threads = hardware.threads or max(1, (os.cpu_count() or 1) // processes)
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    return threads
+
+
+def run(cfg: DictConfig, command: str) -> float | None:
+    run_dir = Path(cfg.output_dir)
+    rundir.start(cfg, run_dir, command)
+    device = pick_device(cfg.hardware, needs_cuda=cfg.method.quantization is not None)
+    threads = set_threads(cfg.hardware)
+    log.info("hardware=%s: device %s, %d threads", cfg.hardware.name, device, threads)
+    if command == "prepare":
+        from trainer import commands
+
+        commands.prepare(cfg, run_dir)
+        return None
+    from trainer import engine
+
+    results = engine.train(cfg, run_dir, device)
+    return rundir.objective(results)

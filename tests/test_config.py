@@ -1,0 +1,141 @@
+"""Every option of every group composes and the library objects it names can be constructed; user mistakes
+give one-paragraph errors with the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from tests.conftest import REPO, compose, hydratune
+from trainer.config_checks import check_config
+from trainer.errors import UserError
+
+GROUPS = ["model", "dataset", "method", "hardware", "logger", "eval", "experiment"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+
+
+def required_overrides(group: str, option: str) -> list[str]:
+    extra = [f"{group}={option}"]
+    if group == "model" and option == "hf":
+        extra.append("model.name_or_path=some-org/some-model")
+    if group == "dataset" and option == "chat_jsonl":
+        extra.append("dataset.path=data.jsonl")
+    return extra
+
+
+CASES = [(g, o) for g in GROUPS for o in options(g)]
+
+
+@pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
+def test_every_option_composes(group, option):
+    cfg = compose(*required_overrides(group, option))
+    node = cfg if group == "experiment" else cfg[group]
+    assert node is not None
+    OmegaConf.to_container(cfg.model, resolve=True, throw_on_missing=True)
+
+
+@pytest.mark.parametrize("option", options("method"))
+def test_method_objects_construct(option):
+    cfg = compose(f"method={option}")
+    for node in ("peft", "quantization"):
+        if cfg.method[node] is not None:
+            obj = instantiate(cfg.method[node])
+            assert type(obj).__name__ == cfg.method[node]._target_.rsplit(".", 1)[1]
+    if option == "dora":
+        assert instantiate(cfg.method.peft).use_dora is True
+
+
+def test_train_node_constructs_sft_config(tmp_path):
+    from trl import SFTConfig
+
+    cfg = compose()
+    train = OmegaConf.to_container(cfg.train, resolve=True) | {"bf16": False}
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, **train)
+    assert args.learning_rate == cfg.train.learning_rate
+
+
+def test_metrics_construct():
+    cfg = compose()
+    metrics = [instantiate(m) for m in cfg.eval.metrics]
+    assert [m.name for m in metrics] == ["exact_match", "token_f1"]
+
+
+def test_library_args_file_matches_installed_libraries():
+    from trainer.library_args import NODES, describe, recorded
+
+    for target in NODES.values():
+        assert recorded()[target] == describe(target), f"run `python -m trainer.library_args` after upgrading {target}"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["method=qlora", "hardware=cpu"], "needs a CUDA GPU"),
+        (["train.lerning_rate=1e-4"], "Did you mean 'learning_rate'"),
+        (["+train.max_stepz=3"], "Did you mean 'max_steps'"),
+        (["train.learning_rate=fast"], "takes float"),
+        (["+method.peft.rank=8"], "not an argument of peft.LoraConfig"),
+        (["dataset.on_error=ignore"], "Allowed: fail, skip"),
+        (["model.dtype=bfloat"], "Did you mean 'bfloat16'"),
+    ],
+)
+def test_bad_values_and_combinations_are_user_errors(overrides, expected):
+    with pytest.raises(UserError, match=re.escape(expected)):
+        check_config(_checked(overrides))
+
+
+def _checked(overrides):
+    try:
+        return compose(*overrides)
+    except Exception as exc:  # composition errors are rewritten by the CLI; test the rewrite directly
+        from trainer.errors import explain_composition_error
+
+        raise UserError(explain_composition_error(exc)) from None
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["method=lorra"], "There is no option 'lorra' in config group 'method'. Did you mean 'lora'?"),
+        (["model.dtyp=float32"], "Unknown config key 'model.dtyp'. Did you mean 'dtype'?"),
+        (["eval.batch_size=many"], "Wrong type for config key 'eval.batch_size': got 'many'"),
+        (
+            ["train.lerning_rate=1"],
+            "'train.lerning_rate' is not an argument of trl.SFTConfig. Did you mean 'learning_rate'?",
+        ),
+        (["method=qlora", "hardware=cpu"], "needs a CUDA GPU"),
+        (["frobnicate"], "Unknown command 'frobnicate'"),
+    ],
+)
+def test_cli_errors_are_one_paragraph_without_traceback(args, expected, tmp_path):
+    result = hydratune(*args, f"hydra.run.dir={tmp_path}", cache=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("hydratune: error: ")
+
+
+def test_help_and_cfg_do_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.argv=['hydratune', '--cfg', 'job']; from trainer import cli\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "sys.argv=['hydratune', '--help']\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\nprint('OK')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "Configuration groups" in result.stdout and "OK" in result.stdout
+    assert "model: smollm2_135m" not in result.stdout  # --cfg prints the config, not choices
+    assert Path(REPO / "conf" / "config.yaml").exists()

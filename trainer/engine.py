@@ -1,0 +1,119 @@
+"""Resolved config -> a fine-tuning run, top to bottom.
+
+model and tokenizer -> dataset (validated, tokenized, cached) -> adapter -> TRL SFTTrainer -> base evaluation
+-> training (resumed from the last checkpoint when there is one) -> saved weights -> fine-tuned evaluation ->
+report. The training loop is TRL's; this module only builds things in order and logs what it built.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from trainer import data, evaluation, loggers, models, report
+
+log = logging.getLogger(__name__)
+
+
+def load_model_and_tokenizer(cfg: DictConfig, device: str):
+    path = models.resolve_path(cfg.model, cfg.cache_dir)
+    tokenizer, added_tokens = models.load_tokenizer(cfg.model, path)
+    model = models.load_model(cfg.model, cfg.method, path, tokenizer, device)
+    log.info(
+        "model %s (%s, %.1fM parameters) on %s", cfg.model.name_or_path, path, model.num_parameters() / 1e6, device
+    )
+    return path, tokenizer, added_tokens, model
+
+
+def sft_config(cfg: DictConfig, run_dir: Path, device: str):
+    """trl.SFTConfig from ``train`` plus what the run decides: output dir, seed, device, loggers."""
+    from trl import SFTConfig
+
+    args = OmegaConf.to_container(cfg.train, resolve=True)
+    args.update(
+        output_dir=str(run_dir / "checkpoints"),
+        seed=cfg.seed,
+        use_cpu=device == "cpu",
+        report_to=loggers.report_to(cfg.logger, run_dir) + list(args.get("report_to") or []),
+        logging_steps=cfg.logger.logging_steps,
+        logging_dir=str(run_dir / "tensorboard"),
+        run_name=cfg.run_name,
+        dataset_kwargs={"skip_prepare_dataset": True},  # trainer.data already tokenized, truncated and packed
+    )
+    if args["bf16"] is None:
+        args["bf16"] = device == "cuda" and models.torch_dtype("auto", device) == models.torch_dtype("bfloat16", device)
+    return SFTConfig(**args)
+
+
+def last_checkpoint(run_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = run_dir / "checkpoints"
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    set_seed(cfg.seed)
+    model_path, tokenizer, added_tokens, model = load_model_and_tokenizer(cfg, device)
+    prepared = data.prepare(cfg, tokenizer, run_dir)
+    log.info("dataset: %d training / %d validation sequences", len(prepared.train), len(prepared.validation))
+
+    peft_config = models.peft_config(cfg.method, added_tokens)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(cfg, run_dir, device),
+        train_dataset=prepared.train,
+        eval_dataset=prepared.validation if len(prepared.validation) else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=loggers.callbacks(cfg.logger, run_dir),
+    )
+    if peft_config is not None:
+        trainer.model.print_trainable_parameters()
+
+    results: dict = {}
+    queries = evaluation.queries(prepared.examples.validation, cfg.eval.max_examples)
+    if cfg.eval.enabled and cfg.eval.compare_base:
+        results.update(base_sections(cfg, trainer, tokenizer, queries, model_path, prepared))
+
+    checkpoint = last_checkpoint(run_dir)
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(str(run_dir / "model"))
+    tokenizer.save_pretrained(run_dir / "model")
+    if cfg.method.merge_adapter:
+        trainer.model.merge_and_unload().save_pretrained(run_dir / "merged")
+        tokenizer.save_pretrained(run_dir / "merged")
+
+    if cfg.eval.enabled:
+        results["finetuned"] = evaluation.evaluate(trainer, tokenizer, cfg, queries, "finetuned")
+    results["data"] = {"cache_key": prepared.cache_key, "cache_hit": prepared.cache_hit, **prepared.stats}
+    report.write_report(run_dir, results, trainer.state.log_history, f"hydratune run: {cfg.run_name}")
+    log.info("report: %s", run_dir / "report.md")
+    return results
+
+
+def base_sections(cfg, trainer, tokenizer, queries, model_path, prepared) -> dict:
+    """The base model's results (and, with eval.few_shot=K, the base model prompted with K demonstrations),
+    cached across runs that share model, data and eval settings."""
+    sections = {}
+    file = evaluation.base_cache_file(cfg, model_path, queries, prepared.cache_key, "base")
+    sections["base"] = evaluation.cached(
+        file, lambda: evaluation.evaluate(trainer, tokenizer, cfg, queries, "base"), cfg.eval.cache_base
+    )
+    if cfg.eval.few_shot > 0:
+        demos = evaluation.queries(prepared.examples.train, cfg.eval.few_shot)
+        shots = [evaluation.with_demonstrations(q, demos) for q in queries]
+        file = evaluation.base_cache_file(cfg, model_path, shots, prepared.cache_key, "few_shot")
+        sections["few_shot"] = evaluation.cached(
+            file,
+            lambda: evaluation.evaluate(trainer, tokenizer, cfg, shots, "few_shot", run_loss=False),
+            cfg.eval.cache_base,
+        )
+    return sections

@@ -1,0 +1,67 @@
+"""Training-log destinations (``logger`` group): metrics.jsonl always (unless logger=none), plus
+TensorBoard or Weights & Biases through the HF Trainer's own integrations."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig
+from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
+
+
+class JsonlLogger(TrainerCallback):
+    """Appends every Trainer log dict (with its step) to <run dir>/metrics.jsonl, on the main process only."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": state.epoch, **logs}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        log.info(
+            "step %d: %s", state.global_step, {k: round(v, 5) if isinstance(v, float) else v for k, v in logs.items()}
+        )
+
+
+def report_to(logger_cfg: DictConfig, run_dir: Path) -> list[str]:
+    """The Trainer ``report_to`` list for this logger, after setting the integration's environment."""
+    if logger_cfg.name == "tensorboard":
+        return ["tensorboard"]
+    if logger_cfg.name == "wandb":
+        os.environ.setdefault("WANDB_PROJECT", logger_cfg.project)
+        os.environ["WANDB_DIR"] = str(run_dir)
+        os.environ["WANDB_MODE"] = wandb_mode(logger_cfg)
+        return ["wandb"]
+    return []
+
+
+def callbacks(logger_cfg: DictConfig, run_dir: Path) -> list[TrainerCallback]:
+    return [] if logger_cfg.name == "none" else [JsonlLogger(run_dir / "metrics.jsonl")]
+
+
+def wandb_mode(logger_cfg: DictConfig) -> str:
+    """offline unless online was asked for and the wandb server answers within the timeout (never hang)."""
+    if logger_cfg.mode != "online":
+        return logger_cfg.mode
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=logger_cfg.timeout_s).close()
+        return "online"
+    except OSError as exc:
+        log.warning(
+            "wandb server %s unreachable (%s): logging offline instead; upload later with `wandb sync %s`",
+            url.hostname,
+            exc,
+            "<run dir>/wandb/offline-run-*",
+        )
+        return "offline"
