@@ -1,0 +1,277 @@
+"""Reading a data source into raw records, each tagged with where it came from (``file:line``).
+
+Local files (.jsonl, .json, .csv, .tsv, .parquet), a folder written by ``datasets``' ``save_to_disk``, or a Hugging
+Face dataset id. A row that cannot even be read (bad encoding, truncated JSON) comes back as a :class:`Bad` record
+so that validation lists it with every other bad row; a file that cannot be read at all raises :class:`UserError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import UserError
+
+JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+FILE_SUFFIXES = JSONL_SUFFIXES | {".json", ".csv", ".tsv", ".parquet", ".arrow"}
+
+
+@dataclass
+class Bad:
+    """A row that could not be read; ``why`` says what is wrong."""
+
+    why: str
+
+
+Record = tuple[str, Any]  # (where, row) where row is a dict, some other JSON value, or Bad
+
+
+def is_local(path: str) -> bool:
+    return Path(path).exists() or Path(path).suffix.lower() in FILE_SUFFIXES or path.startswith((".", "/", "~"))
+
+
+def read_records(path: str, split: str | None = None) -> Iterator[Record]:
+    """Every row of a local file, a save_to_disk folder or a hub dataset, in order."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        yield from _read_arrow_folder(p, split)
+        return
+    if not p.exists():
+        if is_local(path):
+            raise UserError(f"dataset file {path} does not exist. Check dataset.path (relative paths are taken "
+                            f"from the directory you run hydratune in: {Path.cwd()}).")
+        yield from _read_hub(path, split)
+        return
+    suffix = p.suffix.lower()
+    if suffix == ".parquet":
+        yield from _read_parquet(p)
+    elif suffix in (".csv", ".tsv"):
+        yield from _read_csv(p, "\t" if suffix == ".tsv" else ",")
+    elif suffix == ".json":
+        yield from _read_json(p)
+    elif suffix in JSONL_SUFFIXES:
+        yield from _read_jsonl(p, file_bytes(p))
+    else:
+        raise UserError(f"{path}: unknown file type '{suffix}'. Use .jsonl, .json, .csv, .tsv or .parquet, "
+                        "a folder written by datasets' save_to_disk, or a Hugging Face dataset id.")
+
+
+def file_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{path}:1: the file is UTF-16 encoded. Save it as UTF-8 (most editors: 'Save with encoding').")
+    return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+
+
+def _empty(path: Path) -> UserError:
+    return UserError(f"{path}:1: the file is empty. Point dataset.path at a file with at least one example.")
+
+
+# ---------------------------------------------------------------- JSON lines
+
+
+def _read_jsonl(path: Path, data: bytes) -> Iterator[Record]:
+    if not data.strip():
+        raise _empty(path)
+    lines = data.split(b"\n")
+    first = next((i for i, line in enumerate(lines) if line.strip()), 0)
+    _sniff_first_line(path, lines[first], first + 1, data)
+    loads = json.loads
+    last = len(lines) - 1
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield where, Bad(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                             "save the file as UTF-8")
+            continue
+        try:
+            yield where, loads(text)
+        except json.JSONDecodeError as exc:
+            cut = number - 1 == last or exc.msg.startswith(("Unterminated", "Expecting")) and exc.pos >= len(text) - 2
+            hint = " - the line looks cut off (truncated)" if cut else ""
+            yield where, Bad(f"not valid JSON: {exc.msg} at column {exc.colno}{hint}")
+
+
+def _sniff_first_line(path: Path, line: bytes, number: int, data: bytes) -> None:
+    """Catch whole-file mistakes (a CSV or a JSON array saved as .jsonl) once instead of on every line."""
+    text = line.strip().decode("utf-8", "replace")
+    try:
+        json.loads(text)
+        return
+    except json.JSONDecodeError:
+        pass
+    if text.startswith("["):
+        raise UserError(f"{path}:{number}: this looks like a JSON array, not JSON lines (one object per line). "
+                        "Rename the file to .json, or write one JSON object per line.")
+    if not text.startswith("{") and ("," in text or "\t" in text):
+        raise UserError(f"{path}:{number}: not valid JSON; this looks like a CSV file named {path.suffix} "
+                        f"(header: {text[:80]}). Rename it to .csv, or convert it to one JSON object per line.")
+
+
+# ---------------------------------------------------------------- JSON
+
+
+def _read_json(path: Path) -> Iterator[Record]:
+    data = file_bytes(path)
+    if not data.strip():
+        raise _empty(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8.") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # JSON lines in a .json file: read it as such
+            yield from _read_jsonl(path, data)
+            return
+        raise UserError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg} at column {exc.colno}. "
+                        "Fix the file (a .json file holds one array of objects).") from None
+    if isinstance(value, dict):
+        lists = [k for k, v in value.items() if isinstance(v, list)]
+        if len(lists) == 1 and not _looks_like_row(value):
+            value = value[lists[0]]
+            text = None  # line numbers of a nested array: count items instead
+        else:
+            yield f"{path}:1", value
+            return
+    if not isinstance(value, list):
+        raise UserError(f"{path}:1: expected a JSON array of objects, got a {type(value).__name__}.")
+    if not value:
+        raise UserError(f"{path}:1: the JSON array is empty. Add at least one example.")
+    lines = _item_lines(text, len(value)) if text is not None else None
+    for i, item in enumerate(value):
+        yield (f"{path}:{lines[i]}" if lines else f"{path}:item {i + 1}"), item
+
+
+def _looks_like_row(value: dict) -> bool:
+    return any(k in value for k in ("messages", "conversations", "prompt", "text", "instruction", "chosen"))
+
+
+def _item_lines(text: str, count: int) -> list[int] | None:
+    """The line on which each item of a top-level JSON array starts."""
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    lines, line, last = [], 1 + text.count("\n", 0, pos), pos
+    n = len(text)
+    try:
+        for _ in range(count):
+            while pos < n and text[pos] in " \t\r\n,":
+                pos += 1
+            line += text.count("\n", last, pos)
+            lines.append(line)
+            _, end = decoder.raw_decode(text, pos)
+            line += text.count("\n", pos, end)
+            last = pos = end
+    except (json.JSONDecodeError, ValueError):
+        return None
+    return lines
+
+
+# ---------------------------------------------------------------- CSV
+
+
+def _read_csv(path: Path, delimiter: str) -> Iterator[Record]:
+    data = file_bytes(path)
+    if not data.strip():
+        raise _empty(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8.") from None
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except csv.Error as exc:
+        raise UserError(f"{path}:1: cannot read the CSV header: {exc}.") from None
+    header = [h.strip() for h in header]
+    if not any(header):
+        raise UserError(f"{path}:1: the CSV header is empty; the first line must name the columns.")
+    start = reader.line_num + 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            yield f"{path}:{start}", Bad(f"not valid CSV: {exc}")
+            break
+        where = f"{path}:{start}"
+        start = reader.line_num + 1
+        if not fields or not any(f.strip() for f in fields):
+            continue
+        if len(fields) != len(header):
+            yield where, Bad(f"has {len(fields)} fields, the header has {len(header)} ({', '.join(header)})")
+            continue
+        yield where, dict(zip(header, fields, strict=True))
+
+
+# ---------------------------------------------------------------- Arrow: parquet, save_to_disk, hub
+
+
+def _read_parquet(path: Path) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise UserError(f"{path}: cannot read this Parquet file ({exc}). Is it really Parquet?") from None
+    if table.num_rows == 0:
+        raise _empty(path)
+    for i, row in enumerate(table.to_pylist()):
+        yield f"{path}:row {i + 1}", row
+
+
+def _read_arrow_folder(path: Path, split: str | None) -> Iterator[Record]:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except FileNotFoundError as exc:
+        raise UserError(f"{path} is a folder but not one written by datasets' save_to_disk ({exc}). "
+                        "Point dataset.path at a data file or a save_to_disk folder.") from None
+    ds = _pick_split(loaded, split, str(path))
+    for i, row in enumerate(ds):
+        yield f"{path}[{split or 'train'}]:row {i + 1}", row
+
+
+def _read_hub(name: str, split: str | None) -> Iterator[Record]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as exc:  # offline, unknown id, private repo, bad split: all reach the user the same way
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"dataset.path={name} is neither a local file nor a loadable Hugging Face dataset "
+                        f"({type(exc).__name__}: {first}). Check the path or id (and dataset.split); "
+                        "for a hub dataset you need network access or a local copy.") from None
+    for i, row in enumerate(ds):
+        yield f"{name}[{split or 'train'}]:row {i + 1}", row
+
+
+def _pick_split(loaded, split: str | None, where: str):
+    import datasets
+
+    if isinstance(loaded, datasets.DatasetDict):
+        name = split or "train"
+        if name not in loaded:
+            raise UserError(f"{where} has no split '{name}'. Splits: {', '.join(loaded)}. Set dataset.split.")
+        return loaded[name]
+    if split not in (None, "train"):
+        raise UserError(f"{where} holds a single dataset, not named splits; remove split={split}.")
+    return loaded
+
+
+def dump_jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

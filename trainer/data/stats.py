@@ -1,0 +1,55 @@
+"""Dataset statistics with the model's own tokenizer: printed, and saved as ``data_stats.json`` in the run dir."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def summary(values) -> dict:
+    """min, mean, median, p90, max of a list of counts (zeros when empty)."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        return {"min": 0, "mean": 0.0, "median": 0.0, "p90": 0.0, "max": 0}
+    return {
+        "min": int(a.min()),
+        "mean": round(float(a.mean()), 2),
+        "median": float(np.median(a)),
+        "p90": float(np.percentile(a, 90)),
+        "max": int(a.max()),
+    }
+
+
+def split_stats(rows: list[dict], tokens: list[int], loss_tokens: list[int], truncated: int, dropped: int) -> dict:
+    messages = [len(r["messages"]) for r in rows if "messages" in r]
+    return {
+        "examples": len(rows),
+        "messages_per_example": summary(messages) if messages else None,
+        "tokens_per_example": summary(tokens),
+        "assistant_tokens_per_example": summary(loss_tokens),
+        "total_tokens": int(sum(tokens)),
+        "assistant_tokens": int(sum(loss_tokens)),
+        "truncated": truncated,
+        "dropped_without_answer_tokens": dropped,
+    }
+
+
+def format_stats(stats: dict) -> str:
+    """A short human-readable table of the statistics."""
+    lines = [f"dataset {stats.get('name', '')}: {stats['train']['examples']} train / "
+             f"{stats['validation']['examples']} validation examples, {stats['skipped']} skipped rows, "
+             f"max_length {stats['max_length']}, cache {'hit' if stats.get('cache_hit') else 'miss'}"]
+    header = f"  {'':<34}{'min':>8}{'mean':>10}{'median':>10}{'p90':>10}{'max':>8}"
+    for split in ("train", "validation"):
+        s = stats[split]
+        if not s["examples"]:
+            continue
+        lines.append(f" {split}: {s['total_tokens']} tokens, {s['assistant_tokens']} in the loss, "
+                     f"{s['truncated']} truncated")
+        lines.append(header)
+        for key in ("messages_per_example", "tokens_per_example", "assistant_tokens_per_example"):
+            v = s[key]
+            if v:
+                lines.append(f"  {key.replace('_', ' '):<34}{v['min']:>8}{v['mean']:>10.1f}{v['median']:>10.1f}"
+                             f"{v['p90']:>10.1f}{v['max']:>8}")
+    lines += [f" warning: {w}" for w in stats.get("warnings", [])]
+    return "\n".join(lines)
