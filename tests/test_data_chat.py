@@ -29,12 +29,23 @@ UNSTABLE_TEMPLATE = (
 )
 
 CONVERSATIONS = [
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
-     {"role": "assistant", "content": "Hello, friend"}],
-    [{"role": "user", "content": "Q1 quick"}, {"role": "assistant", "content": "skipped answer", "weight": 0},
-     {"role": "user", "content": "Q2 lazy"}, {"role": "assistant", "content": "second answer 42"}],
-    [{"role": "user", "content": "fox"}, {"role": "assistant", "content": "dog"},
-     {"role": "user", "content": "again"}, {"role": "assistant", "content": "brown dog"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello, friend"},
+    ],
+    [
+        {"role": "user", "content": "Q1 quick"},
+        {"role": "assistant", "content": "skipped answer", "weight": 0},
+        {"role": "user", "content": "Q2 lazy"},
+        {"role": "assistant", "content": "second answer 42"},
+    ],
+    [
+        {"role": "user", "content": "fox"},
+        {"role": "assistant", "content": "dog"},
+        {"role": "user", "content": "again"},
+        {"role": "assistant", "content": "brown dog"},
+    ],
 ]
 
 
@@ -52,8 +63,9 @@ def write_jsonl(path: Path, conversations) -> Path:
 
 def root_cfg(tmp_path: Path, max_length: int | None = 256, **dataset) -> OmegaConf:
     ds = OmegaConf.merge(OmegaConf.structured(DatasetSchema), {"name": "t", **dataset})
-    return OmegaConf.create({"dataset": ds, "train": {"max_length": max_length},
-                             "cache_dir": str(tmp_path / "cache"), "seed": 0})
+    return OmegaConf.create(
+        {"dataset": ds, "train": {"max_length": max_length}, "cache_dir": str(tmp_path / "cache"), "seed": 0}
+    )
 
 
 def trained_text(tokenizer, row) -> list[str]:
@@ -86,8 +98,9 @@ def test_only_trained_assistant_answers_are_labelled(tokenizer, template, end):
         runs = trained_text(tokenizer, {"input_ids": ids.tolist(), "labels": labels.tolist()})
         wanted = [m["content"] for m in conversation if m["role"] == "assistant" and m.get("weight", 1) == 1]
         assert [r.strip() for r in runs] == [f"{w}{end}" for w in wanted]
-        full = tokenizer.apply_chat_template([{k: v for k, v in m.items() if k != "weight"} for m in conversation],
-                                             tokenize=False)
+        full = tokenizer.apply_chat_template(
+            [{k: v for k, v in m.items() if k != "weight"} for m in conversation], tokenize=False
+        )
         assert tokenizer.decode(ids.tolist()) == full
 
 
@@ -126,8 +139,10 @@ def test_prepare_truncates_and_counts(tokenizer, tmp_path):
 
 
 def test_prepare_gives_validation_rows_with_their_full_messages(tokenizer, tmp_path):
-    data = write_jsonl(tmp_path / "chat.jsonl", [[{"role": "user", "content": f"q{i}"},
-                                                  {"role": "assistant", "content": f"a{i}"}] for i in range(20)])
+    data = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}] for i in range(20)],
+    )
     cfg = root_cfg(tmp_path, path=str(data), validation_size=5)
     prepared = prepare(cfg, tokenizer, None)
     assert len(prepared.examples.validation) == 5 == len(prepared.validation)
@@ -140,8 +155,10 @@ def test_prepare_gives_validation_rows_with_their_full_messages(tokenizer, tmp_p
 
 
 def _rows(n: int, dupes: int = 0):
-    rows = [[{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]
-            for i in range(n)]
+    rows = [
+        [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]
+        for i in range(n)
+    ]
     return rows + rows[:dupes]
 
 

@@ -81,8 +81,10 @@ def load_examples(dataset_cfg: DictConfig, report_dir: Path | None = None) -> Ex
         from trainer.data.read import is_local
 
         if is_local(cfg["path"]) and not Path(cfg["path"]).is_dir():
-            raise UserError(f"dataset.validation_split={cfg['validation_split']}: {cfg['path']} is a single file "
-                            "without named splits. Use dataset.validation_path=FILE or dataset.validation_size.")
+            raise UserError(
+                f"dataset.validation_split={cfg['validation_split']}: {cfg['path']} is a single file "
+                "without named splits. Use dataset.validation_path=FILE or dataset.validation_size."
+            )
         external = load_source(cfg, split=cfg["validation_split"])
     if external is not None:
         bad += external.bad
@@ -90,9 +92,11 @@ def load_examples(dataset_cfg: DictConfig, report_dir: Path | None = None) -> Ex
     if bad and cfg["on_error"] == "fail":
         raise bad_rows_error(bad, report_dir)
     if not any(part.rows for part in loaded):
-        raise UserError(f"dataset {cfg.get('name')}: no usable rows in {cfg['path']}"
-                        f"{' (all ' + str(len(bad)) + ' rows were invalid)' if bad else ''}. Check the file and "
-                        "dataset.format.")
+        raise UserError(
+            f"dataset {cfg.get('name')}: no usable rows in {cfg['path']}"
+            f"{' (all ' + str(len(bad)) + ' rows were invalid)' if bad else ''}. Check the file and "
+            "dataset.format."
+        )
 
     warnings = []
     seed = cfg["split_seed"]
@@ -122,8 +126,10 @@ def load_examples(dataset_cfg: DictConfig, report_dir: Path | None = None) -> Ex
         keep = sorted(random.Random(seed).sample(range(len(train)), limit))
         train = [train[i] for i in keep]
     if not train:
-        raise UserError(f"dataset {cfg.get('name')}: no training rows are left after the validation split. "
-                        "Add data or lower dataset.validation_size.")
+        raise UserError(
+            f"dataset {cfg.get('name')}: no training rows are left after the validation split. "
+            "Add data or lower dataset.validation_size."
+        )
 
     warnings = row_warnings(train + validation, ignored) + warnings
     if bad:
@@ -181,14 +187,17 @@ def _build(cfg: DictConfig, tokenizer, settings: dict, run_dir: Path | None):
     warnings = list(examples.warnings)
     truncated = parts["train"]["truncated"] + parts["validation"]["truncated"]
     if truncated:
-        warnings.append(f"{truncated} examples are longer than max_length={settings['max_length']} tokens and are "
-                        "truncated")
+        warnings.append(
+            f"{truncated} examples are longer than max_length={settings['max_length']} tokens and are truncated"
+        )
     dropped = parts["train"]["dropped_without_answer_tokens"] + parts["validation"]["dropped_without_answer_tokens"]
     if dropped:
         warnings.append(f"{dropped} examples have no answer tokens left after truncation and are not used")
     if len(out["train"]) == 0:
-        raise UserError(f"no training example has any answer token within max_length={settings['max_length']}. "
-                        "Raise train.max_length or shorten the prompts.")
+        raise UserError(
+            f"no training example has any answer token within max_length={settings['max_length']}. "
+            "Raise train.max_length or shorten the prompts."
+        )
     train = out["train"]
     if settings["packing"]:
         from trainer.data.pack import pack
@@ -213,9 +222,11 @@ def _encode(encoder, rows: list[dict], split: str):
     try:
         return encoder.encode(rows)
     except TemplateError as exc:
-        raise UserError(f"the chat template rejects a {split} conversation: {exc}. The template may require "
-                        "alternating user/assistant turns or a particular first role; fix the data or set "
-                        "model.chat_template.") from None
+        raise UserError(
+            f"the chat template rejects a {split} conversation: {exc}. The template may require "
+            "alternating user/assistant turns or a particular first role; fix the data or set "
+            "model.chat_template."
+        ) from None
 
 
 def _write_run_files(run_dir: Path, stats: dict, examples: Examples, key: str, hit: bool, folder: Path) -> None:

@@ -77,8 +77,12 @@ def save(folder: Path, train, validation, examples, stats: dict) -> None:
     tmp.mkdir(parents=True)
     for name, ds in (("train", train), ("validation", validation)):
         _write_arrow(tmp / f"{name}.arrow", ds)
-    payload = {"train": examples.train, "validation": examples.validation, "skipped": examples.skipped,
-               "warnings": examples.warnings}
+    payload = {
+        "train": examples.train,
+        "validation": examples.validation,
+        "skipped": examples.skipped,
+        "warnings": examples.warnings,
+    }
     (tmp / "examples.json").write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
     (tmp / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
     (tmp / "done").write_text("ok\n")

@@ -56,18 +56,22 @@ def make_normaliser(source: Mapping, ignored: Counter) -> Normaliser:
     """
     fmt = source["format"]
     if fmt not in FORMATS:
-        raise UserError(f"dataset.format={fmt} is not a known format.{closest(fmt, FORMATS)} "
-                        f"Allowed: {', '.join(FORMATS)}.")
+        raise UserError(
+            f"dataset.format={fmt} is not a known format.{closest(fmt, FORMATS)} Allowed: {', '.join(FORMATS)}."
+        )
     columns = {**DEFAULT_COLUMNS[fmt], **dict(source.get("columns") or {})}
     unknown = set(source.get("columns") or {}) - set(DEFAULT_COLUMNS[fmt]) if fmt != "template" else set()
     if unknown:
-        raise UserError(f"dataset.columns has {', '.join(sorted(unknown))}, which format={fmt} does not use. "
-                        f"Fields it reads: {', '.join(DEFAULT_COLUMNS[fmt]) or 'none (use templates)'}.")
+        raise UserError(
+            f"dataset.columns has {', '.join(sorted(unknown))}, which format={fmt} does not use. "
+            f"Fields it reads: {', '.join(DEFAULT_COLUMNS[fmt]) or 'none (use templates)'}."
+        )
     roles = {r: r for r in ROLES} | DEFAULT_ROLES.get(fmt, {}) | dict(source.get("roles") or {})
     bad_targets = {v for v in roles.values() if v not in ROLES}
     if bad_targets:
-        raise UserError(f"dataset.roles maps to {', '.join(sorted(bad_targets))}; a role must map to one of "
-                        f"{', '.join(ROLES)}.")
+        raise UserError(
+            f"dataset.roles maps to {', '.join(sorted(bad_targets))}; a role must map to one of {', '.join(ROLES)}."
+        )
     if fmt in ("chat", "sharegpt"):
         return _chat(columns, roles, ignored)
     if fmt == "alpaca":
@@ -155,8 +159,10 @@ def _message_problem(message: dict, i: int, role_key: str, content_key: str, all
     role = message[role_key]
     if not isinstance(role, str) or role not in roles:
         names = sorted(roles)
-        return (f"message {i} has unrecognized role {role!r}{closest(str(role), names)} (allowed: {', '.join(names)}; "
-                "map other names with dataset.roles)")
+        return (
+            f"message {i} has unrecognized role {role!r}{closest(str(role), names)} (allowed: {', '.join(names)}; "
+            "map other names with dataset.roles)"
+        )
     if content_key not in message:
         return f"message {i} ({role}) has no '{content_key}'"
     content = message[content_key]
@@ -218,8 +224,10 @@ def _prompt_completion(columns: dict, ignored: Counter) -> Normaliser:
     def normalise(row: Any) -> dict:
         row = _object(row)
         _count_ignored(row, used, ignored)
-        return {"prompt": _string(row, columns["prompt"], allow_empty=True),
-                "completion": _string(row, columns["completion"])}
+        return {
+            "prompt": _string(row, columns["prompt"], allow_empty=True),
+            "completion": _string(row, columns["completion"]),
+        }
 
     return normalise
 
@@ -242,16 +250,19 @@ def template_fields(template: str, where: str) -> list[str]:
     try:
         return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
-        raise UserError(f"{where} is not a valid template ({exc}). Use {{column}} fields; write {{{{ and }}}} "
-                        "for literal braces.") from None
+        raise UserError(
+            f"{where} is not a valid template ({exc}). Use {{column}} fields; write {{{{ and }}}} for literal braces."
+        ) from None
 
 
 def _template(templates: Mapping, ignored: Counter) -> Normaliser:
     parts = [(role, templates.get(role)) for role in ROLES if templates.get(role)]
     if not any(role == "assistant" for role, _ in parts) or not any(role == "user" for role, _ in parts):
-        raise UserError("format=template needs dataset.templates.user and dataset.templates.assistant "
-                        "(and optionally .system), each a string with {column} fields, e.g. "
-                        "templates.user='Title: {title}' templates.assistant='{answer}'.")
+        raise UserError(
+            "format=template needs dataset.templates.user and dataset.templates.assistant "
+            "(and optionally .system), each a string with {column} fields, e.g. "
+            "templates.user='Title: {title}' templates.assistant='{answer}'."
+        )
     fields = {role: template_fields(t, f"dataset.templates.{role}") for role, t in parts}
     used = {f for names in fields.values() for f in names}
     checked: list[bool] = []
@@ -283,8 +294,10 @@ def check_template_columns(fields: dict[str, list[str]], row: dict) -> None:
         unknown = [n for n in names if n not in row]
         if unknown:
             hint = closest(unknown[0], [str(k) for k in row])
-            raise UserError(f"dataset.templates.{role} names the column {{{unknown[0]}}}, which the data does not "
-                            f"have.{hint} Available columns: {', '.join(map(str, row))}.")
+            raise UserError(
+                f"dataset.templates.{role} names the column {{{unknown[0]}}}, which the data does not "
+                f"have.{hint} Available columns: {', '.join(map(str, row))}."
+            )
 
 
 # ---------------------------------------------------------------- preference pairs

@@ -18,9 +18,13 @@ def pack(dataset, max_length: int, strategy: str = "bfd"):
     from trl.data_utils import pack_dataset
 
     if strategy not in STRATEGIES:
-        raise UserError(f"train.packing_strategy={strategy} is not valid. Allowed: {', '.join(STRATEGIES)} "
-                        "(bfd keeps every example whole and is the right choice for chat data).")
+        raise UserError(
+            f"train.packing_strategy={strategy} is not valid. Allowed: {', '.join(STRATEGIES)} "
+            "(bfd keeps every example whole and is the right choice for chat data)."
+        )
     if strategy == "wrapped":
-        raise UserError("train.packing_strategy=wrapped cuts examples in the middle and lets tokens attend across "
-                        "them; hydratune packs with bfd or bfd_split only, which keep the loss exact.")
+        raise UserError(
+            "train.packing_strategy=wrapped cuts examples in the middle and lets tokens attend across "
+            "them; hydratune packs with bfd or bfd_split only, which keep the loss exact."
+        )
     return pack_dataset(dataset.select_columns(["input_ids", "labels"]), max_length, strategy)

@@ -43,8 +43,10 @@ def read_records(path: str, split: str | None = None) -> Iterator[Record]:
         return
     if not p.exists():
         if is_local(path):
-            raise UserError(f"dataset file {path} does not exist. Check dataset.path (relative paths are taken "
-                            f"from the directory you run hydratune in: {Path.cwd()}).")
+            raise UserError(
+                f"dataset file {path} does not exist. Check dataset.path (relative paths are taken "
+                f"from the directory you run hydratune in: {Path.cwd()})."
+            )
         yield from _read_hub(path, split)
         return
     suffix = p.suffix.lower()
@@ -57,8 +59,10 @@ def read_records(path: str, split: str | None = None) -> Iterator[Record]:
     elif suffix in JSONL_SUFFIXES:
         yield from _read_jsonl(p, file_bytes(p))
     else:
-        raise UserError(f"{path}: unknown file type '{suffix}'. Use .jsonl, .json, .csv, .tsv or .parquet, "
-                        "a folder written by datasets' save_to_disk, or a Hugging Face dataset id.")
+        raise UserError(
+            f"{path}: unknown file type '{suffix}'. Use .jsonl, .json, .csv, .tsv or .parquet, "
+            "a folder written by datasets' save_to_disk, or a Hugging Face dataset id."
+        )
 
 
 def file_bytes(path: Path) -> bytes:
@@ -90,8 +94,10 @@ def _read_jsonl(path: Path, data: bytes) -> Iterator[Record]:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield where, Bad(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
-                             "save the file as UTF-8")
+            yield (
+                where,
+                Bad(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); save the file as UTF-8"),
+            )
             continue
         try:
             yield where, loads(text)
@@ -110,11 +116,15 @@ def _sniff_first_line(path: Path, line: bytes, number: int, data: bytes) -> None
     except json.JSONDecodeError:
         pass
     if text.startswith("["):
-        raise UserError(f"{path}:{number}: this looks like a JSON array, not JSON lines (one object per line). "
-                        "Rename the file to .json, or write one JSON object per line.")
+        raise UserError(
+            f"{path}:{number}: this looks like a JSON array, not JSON lines (one object per line). "
+            "Rename the file to .json, or write one JSON object per line."
+        )
     if not text.startswith("{") and ("," in text or "\t" in text):
-        raise UserError(f"{path}:{number}: not valid JSON; this looks like a CSV file named {path.suffix} "
-                        f"(header: {text[:80]}). Rename it to .csv, or convert it to one JSON object per line.")
+        raise UserError(
+            f"{path}:{number}: not valid JSON; this looks like a CSV file named {path.suffix} "
+            f"(header: {text[:80]}). Rename it to .csv, or convert it to one JSON object per line."
+        )
 
 
 # ---------------------------------------------------------------- JSON
@@ -128,15 +138,19 @@ def _read_json(path: Path) -> Iterator[Record]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8.") from None
+        raise UserError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8."
+        ) from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # JSON lines in a .json file: read it as such
             yield from _read_jsonl(path, data)
             return
-        raise UserError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg} at column {exc.colno}. "
-                        "Fix the file (a .json file holds one array of objects).") from None
+        raise UserError(
+            f"{path}:{exc.lineno}: not valid JSON: {exc.msg} at column {exc.colno}. "
+            "Fix the file (a .json file holds one array of objects)."
+        ) from None
     if isinstance(value, dict):
         lists = [k for k, v in value.items() if isinstance(v, list)]
         if len(lists) == 1 and not _looks_like_row(value):
@@ -189,7 +203,9 @@ def _read_csv(path: Path, delimiter: str) -> Iterator[Record]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8.") from None
+        raise UserError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8."
+        ) from None
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
@@ -239,8 +255,10 @@ def _read_arrow_folder(path: Path, split: str | None) -> Iterator[Record]:
     try:
         loaded = datasets.load_from_disk(str(path))
     except FileNotFoundError as exc:
-        raise UserError(f"{path} is a folder but not one written by datasets' save_to_disk ({exc}). "
-                        "Point dataset.path at a data file or a save_to_disk folder.") from None
+        raise UserError(
+            f"{path} is a folder but not one written by datasets' save_to_disk ({exc}). "
+            "Point dataset.path at a data file or a save_to_disk folder."
+        ) from None
     ds = _pick_split(loaded, split, str(path))
     for i, row in enumerate(ds):
         yield f"{path}[{split or 'train'}]:row {i + 1}", row
@@ -253,9 +271,11 @@ def _read_hub(name: str, split: str | None) -> Iterator[Record]:
         ds = datasets.load_dataset(name, split=split or "train")
     except Exception as exc:  # offline, unknown id, private repo, bad split: all reach the user the same way
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"dataset.path={name} is neither a local file nor a loadable Hugging Face dataset "
-                        f"({type(exc).__name__}: {first}). Check the path or id (and dataset.split); "
-                        "for a hub dataset you need network access or a local copy.") from None
+        raise UserError(
+            f"dataset.path={name} is neither a local file nor a loadable Hugging Face dataset "
+            f"({type(exc).__name__}: {first}). Check the path or id (and dataset.split); "
+            "for a hub dataset you need network access or a local copy."
+        ) from None
     for i, row in enumerate(ds):
         yield f"{name}[{split or 'train'}]:row {i + 1}", row
 

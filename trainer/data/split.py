@@ -22,8 +22,10 @@ def validation_count(size: float, n: int) -> int:
     if size >= 1 and size != int(size):
         raise UserError(f"dataset.validation_size={size}: a value >= 1 is a row count and must be whole.")
     if count >= n:
-        raise UserError(f"dataset.validation_size={size} asks for {count} validation rows but the data has only {n} "
-                        "usable rows, leaving nothing to train on. Lower validation_size or add data.")
+        raise UserError(
+            f"dataset.validation_size={size} asks for {count} validation rows but the data has only {n} "
+            "usable rows, leaving nothing to train on. Lower validation_size or add data."
+        )
     return count
 
 
@@ -44,8 +46,10 @@ def split_indices(rows: list[dict], size: float, seed: int) -> tuple[list[int], 
         validation.extend(group)
     chosen = set(validation)
     if len(chosen) >= len(rows):
-        raise UserError(f"dataset.validation_size={size}: every usable row is a copy of a validation row, "
-                        "leaving nothing to train on. Add data or lower validation_size.")
+        raise UserError(
+            f"dataset.validation_size={size}: every usable row is a copy of a validation row, "
+            "leaving nothing to train on. Add data or lower validation_size."
+        )
     return [i for i in range(len(rows)) if i not in chosen], sorted(validation)
 
 
@@ -59,8 +63,9 @@ def drop_overlap(train: list[dict], validation: list[dict]) -> tuple[list[dict],
 def weighted(rows: list[dict], weight: float, seed: int) -> list[dict]:
     """Every row floor(weight) times, plus a seeded sample for the fractional part (1.0 = every row once)."""
     if weight < 0:
-        raise UserError(f"a dataset weight of {weight} is negative; use 1.0 for every row once, 2.0 for twice, "
-                        "0.5 for half.")
+        raise UserError(
+            f"a dataset weight of {weight} is negative; use 1.0 for every row once, 2.0 for twice, 0.5 for half."
+        )
     whole, frac = int(math.floor(weight)), weight - math.floor(weight)
     out = rows * whole
     extra = round(frac * len(rows))

@@ -35,21 +35,26 @@ def split_stats(rows: list[dict], tokens: list[int], loss_tokens: list[int], tru
 
 def format_stats(stats: dict) -> str:
     """A short human-readable table of the statistics."""
-    lines = [f"dataset {stats.get('name', '')}: {stats['train']['examples']} train / "
-             f"{stats['validation']['examples']} validation examples, {stats['skipped']} skipped rows, "
-             f"max_length {stats['max_length']}, cache {'hit' if stats.get('cache_hit') else 'miss'}"]
+    lines = [
+        f"dataset {stats.get('name', '')}: {stats['train']['examples']} train / "
+        f"{stats['validation']['examples']} validation examples, {stats['skipped']} skipped rows, "
+        f"max_length {stats['max_length']}, cache {'hit' if stats.get('cache_hit') else 'miss'}"
+    ]
     header = f"  {'':<34}{'min':>8}{'mean':>10}{'median':>10}{'p90':>10}{'max':>8}"
     for split in ("train", "validation"):
         s = stats[split]
         if not s["examples"]:
             continue
-        lines.append(f" {split}: {s['total_tokens']} tokens, {s['assistant_tokens']} in the loss, "
-                     f"{s['truncated']} truncated")
+        lines.append(
+            f" {split}: {s['total_tokens']} tokens, {s['assistant_tokens']} in the loss, {s['truncated']} truncated"
+        )
         lines.append(header)
         for key in ("messages_per_example", "tokens_per_example", "assistant_tokens_per_example"):
             v = s[key]
             if v:
-                lines.append(f"  {key.replace('_', ' '):<34}{v['min']:>8}{v['mean']:>10.1f}{v['median']:>10.1f}"
-                             f"{v['p90']:>10.1f}{v['max']:>8}")
+                lines.append(
+                    f"  {key.replace('_', ' '):<34}{v['min']:>8}{v['mean']:>10.1f}{v['median']:>10.1f}"
+                    f"{v['p90']:>10.1f}{v['max']:>8}"
+                )
     lines += [f" warning: {w}" for w in stats.get("warnings", [])]
     return "\n".join(lines)

@@ -63,8 +63,9 @@ class Encoder:
 
     def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
         compiled, special = self.template
-        return compiled.render(messages=messages, tools=None, documents=None,
-                               add_generation_prompt=add_generation_prompt, **special)
+        return compiled.render(
+            messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **special
+        )
 
     def chat_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
         """The rendered conversation and the character spans that count in the loss."""
@@ -104,9 +105,11 @@ class Encoder:
             a = full.find(content.strip(), cursor)
             content = content.strip()
         if a < 0:
-            raise UserError("the chat template changes the assistant's answers, so hydratune cannot tell which "
-                            "tokens are the answer. Use a template that keeps message content as is, or set "
-                            "dataset.train_on_all_tokens=true.")
+            raise UserError(
+                "the chat template changes the assistant's answers, so hydratune cannot tell which "
+                "tokens are the answer. Use a template that keeps message content as is, or set "
+                "dataset.train_on_all_tokens=true."
+            )
         b = a + len(content)
         rest = full[b:]
         for token in (self.tokenizer.eos_token, *_END_TOKENS):
@@ -127,8 +130,10 @@ class Encoder:
         if "completion" in row:
             text = row["prompt"] + row["completion"]
             return text, [(0 if self.all_tokens else len(row["prompt"]), len(text))], True
-        raise UserError("preference data (prompt/chosen/rejected) needs a preference objective (e.g. DPO); "
-                        "supervised fine-tuning cannot use it. Choose a chat, prompt_completion or text dataset.")
+        raise UserError(
+            "preference data (prompt/chosen/rejected) needs a preference objective (e.g. DPO); "
+            "supervised fine-tuning cannot use it. Choose a chat, prompt_completion or text dataset."
+        )
 
     # ------------------------------------------------------------ encode
 
@@ -177,7 +182,11 @@ class Encoder:
         out = []  # a slow tokenizer has no offsets: tokenize the pieces between span boundaries separately
         for text in texts:
             ids, starts = [], []
-            if raw and getattr(self.tokenizer, "bos_token_id", None) is not None and getattr(self.tokenizer, "add_bos_token", False):
+            if (
+                raw
+                and getattr(self.tokenizer, "bos_token_id", None) is not None
+                and getattr(self.tokenizer, "add_bos_token", False)
+            ):
                 ids, starts = [self.tokenizer.bos_token_id], [0]
             cuts = sorted({0, len(text), *self._cuts.get(text, ())})
             for a, b in zip(cuts, cuts[1:], strict=False):

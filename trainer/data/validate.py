@@ -50,8 +50,10 @@ def load_source(source: Mapping, path: str | None = None, split: str | None = No
 
 def check_on_error(value: str) -> None:
     if value not in ON_ERROR:
-        raise UserError(f"dataset.on_error={value} is not valid. Allowed: fail (stop and list every bad row) or "
-                        "skip (train on the good rows; the bad ones are listed in the run dir).")
+        raise UserError(
+            f"dataset.on_error={value} is not valid. Allowed: fail (stop and list every bad row) or "
+            "skip (train on the good rows; the bad ones are listed in the run dir)."
+        )
 
 
 def bad_rows_error(bad: list[str], report_dir: Path | None) -> UserError:
