@@ -202,6 +202,11 @@ class CloudHardwareSchema(LocalHardwareSchema):
     learning_rate_multiplier: Any = "auto"
     seed: int | None = None
     suffix: str | None = None
+    #: DPO's beta (objective=dpo only): a number or "auto".
+    dpo_beta: Any = "auto"
+    #: Azure: name of an existing deployment of the base model, for the base (and few-shot) evaluation columns
+    #: (null: those columns are skipped on Azure). OpenAI evaluates the base model by its name.
+    base_deployment: str | None = None
     #: What Ctrl-C does to a running job: detach (it keeps running) or cancel.
     on_interrupt: str = "detach"
     #: First and largest poll interval in seconds (exponential backoff in between).
@@ -209,6 +214,8 @@ class CloudHardwareSchema(LocalHardwareSchema):
     max_poll_interval_s: float = 60.0
     #: Retries for 429 and 5xx answers.
     max_retries: int = 6
+    #: First retry delay in seconds, doubled on each retry (a Retry-After header from the provider wins).
+    retry_backoff_s: float = 1.0
     #: Concurrent chat-completion requests during evaluation.
     eval_concurrency: int = 4
     #: USD per 1M training tokens, by model name (estimate only; check the provider's price list).

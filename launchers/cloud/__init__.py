@@ -1,0 +1,13 @@
+"""Cloud hardware: fine-tune at OpenAI or Azure OpenAI with the same dataset, evaluation and report as a local run.
+
+hydratune prepare hardware=openai model=gpt_4o_mini     # validate, count tokens, print the cost estimate
+hydratune hardware=openai model=gpt_4o_mini             # upload, train, evaluate base vs fine-tuned, report
+hydratune job-status hydra.run.dir=DIR                  # also job-attach, job-cancel
+"""
+
+from __future__ import annotations
+
+from launchers.cloud.job_cli import job_command, job_main
+from launchers.cloud.training import run
+
+__all__ = ["job_command", "job_main", "run"]

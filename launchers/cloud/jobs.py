@@ -1,0 +1,219 @@
+"""Fine-tuning jobs: create once (or find the one a crashed run created), follow it, read events and checkpoints.
+
+A job is found again by its training file: file ids are unique to this run (see uploads.py), so a job at the
+provider with this run's training file is this run's job, even when the crash came before the state file
+recorded it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from launchers.cloud.client import api_error, transient
+from launchers.cloud.retrying import Retry
+from launchers.cloud.state import State
+from trainer.errors import UserError
+
+log = logging.getLogger(__name__)
+TERMINAL = ("succeeded", "failed", "cancelled")
+EVENTS_FILE = "cloud_events.jsonl"
+MAX_LIST_PAGES = 20
+
+
+def params(hw: Any, model: str, training_file: str, validation_file: str | None, run_id: str) -> dict[str, Any]:
+    """Arguments of fine_tuning.jobs.create from the hardware config."""
+    hyper = {k: _number_or_auto(hw[k]) for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
+    if hw.objective == "dpo":
+        hyper["beta"] = _number_or_auto(hw.dpo_beta)
+    out: dict[str, Any] = {
+        "model": model,
+        "training_file": training_file,
+        "method": {"type": hw.objective, hw.objective: {"hyperparameters": hyper}},
+    }
+    if validation_file:
+        out["validation_file"] = validation_file
+    if hw.seed is not None:
+        out["seed"] = int(hw.seed)
+    if hw.suffix:
+        out["suffix"] = str(hw.suffix)
+    if hw.provider == "openai":
+        out["metadata"] = {"hydratune_run": run_id}
+    return out
+
+
+def _number_or_auto(value: Any) -> Any:
+    if value in (None, "auto"):
+        return "auto"
+    return float(value) if isinstance(value, float) or "." in str(value) else int(value)
+
+
+def find_job(client: Any, retry: Retry, training_file: str) -> Any | None:
+    after = None
+    for _ in range(MAX_LIST_PAGES):
+        page = retry(client.fine_tuning.jobs.list, what="list jobs", limit=100, **({"after": after} if after else {}))
+        for job in page.data:
+            if job.training_file == training_file:
+                return job
+        if not page.has_more or not page.data:
+            return None
+        after = page.data[-1].id
+    return None
+
+
+def ensure_job(client: Any, state: State, retry: Retry, create_args: dict[str, Any]) -> str:
+    """This run's job id: the recorded one, the one found at the provider, or a newly created one."""
+    if state.job and state.job.get("id"):
+        log.info("attaching to job %s", state.job["id"])
+        return state.job["id"]
+    attempt = 0
+    while True:
+        found = find_job(client, retry, create_args["training_file"])
+        if found is not None:
+            log.info("found job %s at the provider (created before a crash); attaching", found.id)
+            job_id = found.id
+            break
+        try:
+            job_id = client.fine_tuning.jobs.create(**create_args).id
+            break
+        except Exception as exc:  # noqa: BLE001 - transient errors retry after checking for the job
+            retry_it, retry_after = transient(exc)
+            if not retry_it:
+                raise api_error(exc, "to create the fine-tuning job") from exc
+            if attempt >= retry.retries:
+                raise
+            retry.wait(attempt, retry_after)
+            attempt += 1
+    state.update_job(id=job_id, model=create_args["model"], status="created")
+    log.info("fine-tuning job %s", job_id)
+    return job_id
+
+
+class EventLog:
+    """Provider events appended once each to cloud_events.jsonl; metrics mapped to HF Trainer's log_history."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / EVENTS_FILE
+        self.events = [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.is_file() else []
+        self.seen = {e["id"] for e in self.events}
+
+    def fetch(self, client: Any, retry: Retry, job_id: str) -> list[dict[str, Any]]:
+        new, after = [], None
+        for _ in range(MAX_LIST_PAGES):
+            kwargs = {"limit": 100, **({"after": after} if after else {})}
+            page = retry(client.fine_tuning.jobs.list_events, job_id, what="job events", **kwargs)
+            fresh = [e for e in page.data if e.id not in self.seen]
+            new += fresh
+            if len(fresh) < len(page.data) or not page.has_more or not page.data:
+                break
+            after = page.data[-1].id
+        new.sort(key=lambda e: (e.created_at, e.id))
+        rows = [
+            {
+                "id": e.id,
+                "created_at": e.created_at,
+                "level": e.level,
+                "message": e.message,
+                "type": getattr(e, "type", None),
+                "data": _plain(getattr(e, "data", None)),
+            }
+            for e in new
+        ]
+        with open(self.path, "a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+                self.seen.add(row["id"])
+        self.events += rows
+        return rows
+
+    def history(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for e in self.events:
+            data = e.get("data") or {}
+            if e.get("type") != "metrics" or "step" not in data:
+                continue
+            step = int(data["step"])
+            if data.get("train_loss") is not None:
+                out.append(
+                    {
+                        "step": step,
+                        "loss": data["train_loss"],
+                        **_opt("mean_token_accuracy", data.get("train_mean_token_accuracy")),
+                    }
+                )
+            if data.get("valid_loss") is not None:
+                out.append(
+                    {
+                        "step": step,
+                        "eval_loss": data["valid_loss"],
+                        **_opt("eval_mean_token_accuracy", data.get("valid_mean_token_accuracy")),
+                    }
+                )
+        return out
+
+
+def _opt(key: str, value: Any) -> dict[str, Any]:
+    return {} if value is None else {key: value}
+
+
+def _plain(data: Any) -> Any:
+    if data is None or isinstance(data, dict | list | str | int | float):
+        return data
+    return data.model_dump(exclude_none=True) if hasattr(data, "model_dump") else dict(data)
+
+
+def follow(client: Any, state: State, retry: Retry, job_id: str, events: EventLog) -> Any:
+    """Poll the job (with backoff) until it ends; log its status changes and events. Returns the final job."""
+    last = None
+    polls = retry.polls()
+    while True:
+        job = retry(client.fine_tuning.jobs.retrieve, job_id, what="job status")
+        for e in events.fetch(client, retry, job_id):
+            log.info("[%s] %s", job_id, e["message"])
+        if job.status != last:
+            log.info("job %s: %s", job_id, job.status)
+            state.update_job(status=job.status, fine_tuned_model=job.fine_tuned_model)
+            last, polls = job.status, retry.polls()
+        if job.status in TERMINAL:
+            return job
+        time.sleep(next(polls))
+
+
+def checkpoints(client: Any, retry: Retry, job_id: str) -> list[dict[str, Any]]:
+    page = retry(client.fine_tuning.jobs.checkpoints.list, job_id, what="job checkpoints", limit=100)
+    return [
+        {
+            "id": c.id,
+            "step": c.step_number,
+            "model": c.fine_tuned_model_checkpoint,
+            "metrics": _plain(getattr(c, "metrics", None)),
+        }
+        for c in page.data
+    ]
+
+
+def failure(job: Any) -> UserError:
+    err = job.error
+    if job.status == "cancelled":
+        return UserError(
+            f"Fine-tuning job {job.id} was cancelled. Start a new run (another hydra.run.dir) to train "
+            "again; this run dir stays attached to the cancelled job."
+        )
+    parts = [f"code {err.code}" if err and err.code else "", f"param {err.param}" if err and err.param else ""]
+    detail = ", ".join(p for p in parts if p)
+    message = err.message if err and err.message else "no message given"
+    return UserError(
+        f"Fine-tuning job {job.id} failed: {message}"
+        + (f" ({detail})" if detail else "")
+        + ". Fix the cause and start a new run (another hydra.run.dir); this run dir stays attached to "
+        "the failed job."
+    )
+
+
+def cancel(client: Any, state: State, retry: Retry, job_id: str) -> Any:
+    job = retry(client.fine_tuning.jobs.cancel, job_id, what="cancel job")
+    state.update_job(status=job.status)
+    return job

@@ -1,0 +1,87 @@
+"""`hydratune prepare hardware=openai`: dataset -> provider JSONL, validated, token-counted and priced."""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from launchers.cloud import pricing, provider_data, tokens
+
+log = logging.getLogger(__name__)
+TRAIN_FILE, VALIDATION_FILE, ESTIMATE_FILE = "provider_train.jsonl", "provider_validation.jsonl", "cloud_estimate.json"
+
+
+@dataclass
+class Prepared:
+    train_rows: list[dict[str, Any]]
+    validation_rows: list[dict[str, Any]]
+    train_path: Path
+    train_sha256: str
+    validation_path: Path | None
+    validation_sha256: str | None
+    estimate: pricing.Estimate
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def provider_model(cfg: Any) -> str:
+    """The model name the provider knows: Azure spells gpt-3.5 as gpt-35."""
+    name = str(cfg.model.name_or_path)
+    return name.replace("gpt-3.5", "gpt-35") if cfg.hardware.provider == "azure_openai" else name
+
+
+def load_examples(dataset_cfg: Any, run_dir: Path) -> Any:
+    from trainer.data import load_examples as load
+
+    return load(dataset_cfg, report_dir=run_dir)
+
+
+def prepare(cfg: Any, run_dir: Path) -> Prepared:
+    hw = cfg.hardware
+    examples = load_examples(cfg.dataset, run_dir)
+    for warning in examples.warnings:
+        log.warning("%s", warning)
+    if examples.skipped:
+        log.warning("%d row(s) skipped (dataset.on_error=skip)", len(examples.skipped))
+    train = provider_data.convert(list(examples.train), hw.objective)
+    validation = provider_data.convert(list(examples.validation), hw.objective)
+    provider_data.raise_if_invalid(
+        provider_data.validate(train, "train") + provider_data.validate(validation, "validation")
+    )
+    enc = tokens.get_encoding(cfg.model.encoding)
+    counts = tokens.count_rows(train, enc)
+    model = provider_model(cfg)
+    prices = {str(k): float(v) for k, v in hw.price_per_million_training_tokens.items()}
+    estimate = pricing.estimate(model, counts, cfg.model.max_context, hw.n_epochs, prices)
+    stats = _stats(train, counts, enc)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_sha = provider_data.write_jsonl(run_dir / TRAIN_FILE, train)
+    val_path = run_dir / VALIDATION_FILE if validation else None
+    val_sha = provider_data.write_jsonl(val_path, validation) if val_path else None
+    (run_dir / ESTIMATE_FILE).write_text(json.dumps({"estimate": estimate.as_dict(), "stats": stats}, indent=2))
+    print(
+        f"hydratune: {hw.provider} {model}: {len(train)} training / {len(validation)} validation examples; "
+        f"tokens per example min {stats['tokens']['min']}, mean {stats['tokens']['mean']:.0f}, "
+        f"max {stats['tokens']['max']} ({cfg.model.encoding})."
+    )
+    print(f"hydratune: cost estimate: {estimate.summary()}")
+    return Prepared(train, validation, run_dir / TRAIN_FILE, train_sha, val_path, val_sha, estimate, stats)
+
+
+def _stats(rows: list[dict[str, Any]], counts: list[int], enc: Any) -> dict[str, Any]:
+    assistant = [tokens.assistant_tokens(tokens.example_messages(r), enc) for r in rows]
+
+    def summary(values: list[int]) -> dict[str, float]:
+        if not values:
+            return {"min": 0, "mean": 0.0, "median": 0.0, "max": 0}
+        return {
+            "min": min(values),
+            "mean": statistics.fmean(values),
+            "median": statistics.median(values),
+            "max": max(values),
+        }
+
+    return {"examples": len(rows), "tokens": summary(counts), "assistant_tokens": summary(assistant)}

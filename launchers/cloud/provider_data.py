@@ -1,0 +1,145 @@
+"""Canonical dataset rows -> the provider's fine-tuning JSONL, checked with OpenAI's data-preparation rules.
+
+supervised: ``{"messages": [{"role", "content", optional "name", "weight"}]}`` (prompt/completion rows become
+a user and an assistant message). dpo: ``{"input": {"messages": [...]}, "preferred_output": [...],
+"non_preferred_output": [...]}`` from preference rows. Raw text rows cannot go to a chat API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import UserError
+
+ROLES = ("system", "user", "assistant", "function", "tool")
+MESSAGE_KEYS = ("role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id")
+_MAX_LISTED = 20
+
+
+def to_supervised(row: dict[str, Any]) -> dict[str, Any]:
+    if "messages" in row:
+        return {"messages": [dict(m) for m in row["messages"]]}
+    if "prompt" in row and "completion" in row and isinstance(row["prompt"], str):
+        return {
+            "messages": [
+                {"role": "user", "content": row["prompt"]},
+                {"role": "assistant", "content": row["completion"]},
+            ]
+        }
+    if "chosen" in row:
+        raise UserError(
+            "The dataset holds preference rows (prompt, chosen, rejected), which need the DPO objective: "
+            "set hardware.objective=dpo, or use a chat or prompt/completion dataset for supervised "
+            "fine-tuning."
+        )
+    return _unsupported(row)
+
+
+def to_dpo(row: dict[str, Any]) -> dict[str, Any]:
+    if "chosen" not in row or "rejected" not in row:
+        raise UserError(
+            "hardware.objective=dpo needs preference rows (prompt, chosen, rejected): use "
+            "dataset.format=preference, or hardware.objective=supervised for this dataset."
+        )
+    prompt = row["prompt"]
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    return {
+        "input": {"messages": messages},
+        "preferred_output": _as_assistant(row["chosen"]),
+        "non_preferred_output": _as_assistant(row["rejected"]),
+    }
+
+
+def _as_assistant(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        return [{"role": "assistant", "content": value}]
+    return [m for m in value if m.get("role") == "assistant"][-1:]
+
+
+def _unsupported(row: dict[str, Any]) -> dict[str, Any]:
+    if "text" in row:
+        raise UserError(
+            "Raw text rows (dataset.format=text, for continued pretraining) cannot be sent to a provider's "
+            "chat fine-tuning API. Use a chat, prompt/completion, alpaca, sharegpt or template dataset."
+        )
+    raise UserError(f"A dataset row has keys {sorted(row)} that hydratune cannot turn into provider chat examples.")
+
+
+def convert(rows: list[dict[str, Any]], objective: str) -> list[dict[str, Any]]:
+    fn = to_dpo if objective == "dpo" else to_supervised
+    return [fn(row) for row in rows]
+
+
+def check_messages(messages: Any, where: str) -> list[str]:
+    """OpenAI's format checks for one conversation; each problem as 'where: what'."""
+    if not isinstance(messages, list) or not messages:
+        return [f"{where}: no messages list"]
+    errors = []
+    for i, m in enumerate(messages):
+        at = f"{where} message {i}"
+        if not isinstance(m, dict):
+            errors.append(f"{at}: not an object")
+            continue
+        if "role" not in m or "content" not in m:
+            errors.append(f"{at}: missing {'role' if 'role' not in m else 'content'}")
+        unknown = sorted(set(m) - set(MESSAGE_KEYS))
+        if unknown:
+            errors.append(f"{at}: unrecognized key(s) {', '.join(unknown)}")
+        if m.get("role") is not None and m.get("role") not in ROLES:
+            errors.append(f"{at}: unrecognized role {m.get('role')!r}")
+        content = m.get("content")
+        if "content" in m and (not isinstance(content, str) or not content) and not m.get("tool_calls"):
+            errors.append(f"{at}: content is missing or not a non-empty string")
+        if "weight" in m:
+            if m["weight"] not in (0, 1) or isinstance(m["weight"], bool):
+                errors.append(f"{at}: weight must be 0 or 1, got {m['weight']!r}")
+            elif m.get("role") != "assistant":
+                errors.append(f"{at}: weight is only allowed on assistant messages")
+    return errors
+
+
+def validate(rows: list[dict[str, Any]], split: str) -> list[str]:
+    errors = []
+    for n, row in enumerate(rows, 1):
+        where = f"{split} example {n}"
+        if "input" in row:
+            errors += check_messages(row["input"].get("messages"), where + " input")
+            for key in ("preferred_output", "non_preferred_output"):
+                out = row.get(key)
+                if not (isinstance(out, list) and len(out) == 1 and out[0].get("role") == "assistant"):
+                    errors.append(f"{where}: {key} must be exactly one assistant message")
+            continue
+        messages = row.get("messages")
+        errors += check_messages(messages, where)
+        if isinstance(messages, list) and not any(
+            isinstance(m, dict) and m.get("role") == "assistant" for m in messages
+        ):
+            errors.append(f"{where}: no assistant message")
+    return errors
+
+
+def raise_if_invalid(errors: list[str]) -> None:
+    if errors:
+        listed = "; ".join(errors[:_MAX_LISTED])
+        more = f"; and {len(errors) - _MAX_LISTED} more" if len(errors) > _MAX_LISTED else ""
+        raise UserError(
+            f"{len(errors)} problem(s) in the data for the provider (nothing was uploaded): {listed}{more}."
+        )
+
+
+def jsonl_bytes(rows: list[dict[str, Any]]) -> bytes:
+    """Deterministic JSONL: the same rows always give the same bytes (and so the same sha256)."""
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8")
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
+    """Write the file and return the sha256 of its contents."""
+    data = jsonl_bytes(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return hashlib.sha256(data).hexdigest()
