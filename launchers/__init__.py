@@ -15,4 +15,8 @@ def launch(cfg: DictConfig, command: str) -> float | None:
         from launchers import local
 
         return local.run(cfg, command)
+    if kind == "cloud":
+        from launchers import cloud
+
+        return cloud.run(cfg, command)
     raise NotImplementedError(f"hardware kind '{kind}' has no launcher yet")

@@ -19,7 +19,9 @@ from omegaconf import DictConfig
 from trainer import schema
 from trainer.errors import UserError, explain_composition_error
 
-COMMANDS = ("train", "prepare", "eval")
+#: Act on the provider job a cloud run dir recorded: `hydratune job-status hydra.run.dir=DIR`.
+JOB_COMMANDS = ("job-status", "job-attach", "job-cancel")
+COMMANDS = ("train", "prepare", "eval", *JOB_COMMANDS)
 _command = "train"
 
 
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         if word not in COMMANDS:
             _fail(f"Unknown command '{word}'. Commands: {', '.join(COMMANDS)} (train is the default).")
         _command = word
+    if _command in JOB_COMMANDS:
+        return _job(_command, args)
     schema.register()
     # Hydra prints composition errors with a hint to set HYDRA_FULL_ERROR; we catch them ourselves instead and
     # print one paragraph that names the key and the allowed values.
@@ -54,6 +58,15 @@ def main(argv: list[str] | None = None) -> None:
         if not _is_composition_error(exc):
             raise
         _fail(explain_composition_error(exc))
+
+
+def _job(word: str, args: list[str]) -> None:
+    from launchers.cloud import job_main
+
+    try:
+        job_main(word.removeprefix("job-"), args)
+    except UserError as exc:
+        _fail(str(exc))
 
 
 def _is_composition_error(exc: BaseException) -> bool:

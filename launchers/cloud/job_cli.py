@@ -1,12 +1,13 @@
 """`hydratune job-status|job-attach|job-cancel hydra.run.dir=DIR`: act on the job a run dir recorded.
 
 These commands do not compose a new config (that would overwrite the run's own): they load the config the run
-saved in DIR/.hydra/config.yaml; credentials come from the environment as usual.
+saved in DIR/config.yaml; credentials come from the environment as usual.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from launchers.cloud.client import make_client
 from launchers.cloud.retrying import Retry
 from launchers.cloud.state import FILE_NAME, State
 from trainer.errors import UserError
+from trainer.rundir import REDACTED
 
 ACTIONS = ("status", "attach", "cancel")
 
@@ -30,13 +32,16 @@ def job_main(action: str, args: list[str]) -> None:
 
 
 def load_run_config(run_dir: Path) -> Any:
-    saved = run_dir / ".hydra" / "config.yaml"
+    """The config the run saved (resolved, secrets redacted); redacted secrets come from the environment again."""
+    saved = run_dir / "config.yaml"
     if not (run_dir / FILE_NAME).is_file() or not saved.is_file():
-        raise UserError(f"{run_dir} holds no provider run ({FILE_NAME} and .hydra/config.yaml are missing).")
-    from trainer import schema
-
-    schema.register()
+        raise UserError(f"{run_dir} holds no provider run ({FILE_NAME} or config.yaml is missing).")
     cfg = OmegaConf.load(saved)
+    hw = cfg.hardware
+    if hw.api_key == REDACTED:
+        hw.api_key = None  # the SDK reads OPENAI_API_KEY / AZURE_OPENAI_API_KEY
+    if OmegaConf.select(cfg, "hardware.deployment.token") == REDACTED:
+        hw.deployment.token = os.environ.get("AZURE_MANAGEMENT_TOKEN")
     cfg.output_dir = str(run_dir)
     return cfg
 
