@@ -133,6 +133,8 @@ def _chat(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
             if not isinstance(message, dict):
                 problems.append(f"message {i} is not an object (got {_type(message)})")
                 continue
+            if message.get("weight", 0) is None or message.get("name", "") is None:  # Arrow pads absent keys
+                message = {k: v for k, v in message.items() if v is not None or k not in ("weight", "name")}
             problem = _message_problem(message, i, role_key, content_key, allowed_keys, roles)
             if problem:
                 problems.append(problem)
