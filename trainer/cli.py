@@ -22,6 +22,7 @@ from trainer.errors import UserError, explain_composition_error
 #: Act on the provider job a cloud run dir recorded: `hydratune job-status hydra.run.dir=DIR`.
 JOB_COMMANDS = ("job-status", "job-attach", "job-cancel")
 COMMANDS = ("train", "prepare", "eval", *JOB_COMMANDS)
+_PASS_THROUGH = tuple(f"{node}." for node in ("train", "method.peft", "method.quantization"))
 _command = "train"
 
 
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         _command = word
     if _command in JOB_COMMANDS:
         return _job(_command, args)
+    args = [_pass_through(arg) for arg in args]
     schema.register()
     # Hydra prints composition errors with a hint to set HYDRA_FULL_ERROR; we catch them ourselves instead and
     # print one paragraph that names the key and the allowed values.
@@ -58,6 +60,14 @@ def main(argv: list[str] | None = None) -> None:
         if not _is_composition_error(exc):
             raise
         _fail(explain_composition_error(exc))
+
+
+def _pass_through(arg: str) -> str:
+    """``train.max_steps=5`` -> ``++train.max_steps=5``: library pass-through nodes take any of the library's
+    arguments, listed in the default config or not; trainer.config_checks then checks the name and type."""
+    if arg.startswith(_PASS_THROUGH) and "=" in arg:
+        return "++" + arg
+    return arg
 
 
 def _job(word: str, args: list[str]) -> None:

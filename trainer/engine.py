@@ -38,7 +38,6 @@ def sft_config(cfg: DictConfig, run_dir: Path, device: str):
         use_cpu=device == "cpu",
         report_to=loggers.report_to(cfg.logger, run_dir) + list(args.get("report_to") or []),
         logging_steps=cfg.logger.logging_steps,
-        logging_dir=str(run_dir / "tensorboard"),
         run_name=cfg.run_name,
         dataset_kwargs={"skip_prepare_dataset": True},  # trainer.data already tokenized, truncated and packed
     )

@@ -80,7 +80,7 @@ def unknown_key_message(node: str, key: str) -> str:
     return (
         f"'{node}.{key}' is not an argument of {target}.{closest(key, recorded()[target])} "
         f"'{node}' passes its keys to {target} unchanged, so they must be that class's own argument names "
-        f"(set one the default config does not list with '+{node}.NAME=VALUE')."
+        f"(any of its arguments can be set, e.g. `{node}.NAME=VALUE`)."
     )
 
 

@@ -36,6 +36,7 @@ class JsonlLogger(TrainerCallback):
 def report_to(logger_cfg: DictConfig, run_dir: Path) -> list[str]:
     """The Trainer ``report_to`` list for this logger, after setting the integration's environment."""
     if logger_cfg.name == "tensorboard":
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
         return ["tensorboard"]
     if logger_cfg.name == "wandb":
         os.environ.setdefault("WANDB_PROJECT", logger_cfg.project)
