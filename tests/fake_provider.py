@@ -500,6 +500,8 @@ def _page(items: list[dict], query: dict) -> dict:
 class _Handler(BaseHTTPRequestHandler):
     provider: FakeProvider
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # one small answer must not wait for a delayed ACK (40 ms a request)
+    wbufsize = -1  # headers and body leave in one write; flushed after each request
 
     def _serve(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))

@@ -1,0 +1,88 @@
+"""Canonical rows -> provider JSONL, and OpenAI's data-preparation checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from launchers.cloud import provider_data as pd
+from trainer.errors import UserError
+
+CHAT = {
+    "messages": [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u", "name": "n"},
+        {"role": "assistant", "content": "a", "weight": 0},
+        {"role": "user", "content": "u2"},
+        {"role": "assistant", "content": "a2", "weight": 1},
+    ]
+}
+
+
+def test_chat_rows_keep_weights_and_names():
+    assert pd.convert([CHAT], "supervised") == [CHAT]
+    assert pd.validate([CHAT], "train") == []
+
+
+def test_prompt_completion_becomes_user_and_assistant():
+    (row,) = pd.convert([{"prompt": "p", "completion": "c"}], "supervised")
+    assert row == {"messages": [{"role": "user", "content": "p"}, {"role": "assistant", "content": "c"}]}
+
+
+def test_preference_rows_become_openai_dpo_rows():
+    pref = {
+        "prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
+        "chosen": [{"role": "assistant", "content": "good"}],
+        "rejected": [{"role": "assistant", "content": "bad"}],
+    }
+    (row,) = pd.convert([pref], "dpo")
+    assert row == {
+        "input": {"messages": pref["prompt"]},
+        "preferred_output": [{"role": "assistant", "content": "good"}],
+        "non_preferred_output": [{"role": "assistant", "content": "bad"}],
+    }
+    assert pd.validate([row], "train") == []
+    with pytest.raises(UserError, match="hardware.objective=dpo"):
+        pd.convert([pref], "supervised")
+    with pytest.raises(UserError, match="preference rows"):
+        pd.convert([CHAT], "dpo")
+
+
+def test_raw_text_cannot_go_to_a_chat_api():
+    with pytest.raises(UserError, match="Raw text rows"):
+        pd.convert([{"text": "once upon a time"}], "supervised")
+
+
+@pytest.mark.parametrize(
+    ("messages", "problem"),
+    [
+        ([], "no messages list"),
+        ("x", "no messages list"),
+        ([{"role": "user"}], "missing content"),
+        ([{"content": "x"}], "missing role"),
+        ([{"role": "user", "content": "x", "foo": 1}], "unrecognized key(s) foo"),
+        ([{"role": "robot", "content": "x"}], "unrecognized role 'robot'"),
+        ([{"role": "user", "content": ""}], "content is missing or not a non-empty string"),
+        ([{"role": "user", "content": 3}], "content is missing or not a non-empty string"),
+        ([{"role": "user", "content": "x"}], "no assistant message"),
+        ([{"role": "assistant", "content": "x", "weight": 2}], "weight must be 0 or 1"),
+        ([{"role": "assistant", "content": "x", "weight": True}], "weight must be 0 or 1"),
+        ([{"role": "user", "content": "x", "weight": 1}], "weight is only allowed on assistant messages"),
+    ],
+)
+def test_openai_format_checks(messages, problem):
+    errors = pd.validate([{"messages": messages}], "train")
+    assert any(problem in e for e in errors), errors
+    assert errors[0].startswith("train example 1")
+    with pytest.raises(UserError, match="nothing was uploaded"):
+        pd.raise_if_invalid(errors)
+
+
+def test_jsonl_is_deterministic_and_hashed(tmp_path):
+    rows = [CHAT, {"messages": [{"content": "é", "role": "user"}, {"role": "assistant", "content": "b"}]}]
+    sha = pd.write_jsonl(tmp_path / "a.jsonl", rows)
+    data = (tmp_path / "a.jsonl").read_bytes()
+    assert sha == hashlib.sha256(data).hexdigest() == pd.write_jsonl(tmp_path / "b.jsonl", json.loads(json.dumps(rows)))
+    assert [json.loads(line) for line in data.decode().splitlines()] == rows

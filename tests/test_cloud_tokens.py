@@ -1,0 +1,97 @@
+"""tiktoken offline: the cache is seeded from the bpe-openai wheel; counts follow OpenAI's documented overheads."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from launchers.cloud import tokens
+from trainer.errors import UserError
+
+CONVERSATION = [
+    {"role": "system", "content": "You extract ingredients."},
+    {"role": "user", "content": "2 cups of flour, sifted", "name": "alice"},
+    {"role": "assistant", "content": '["flour"]', "weight": 1},
+    {"role": "user", "content": "Ünïcødé and <|endoftext|> stay text"},
+    {"role": "assistant", "content": '["sugar", "eggs"]', "weight": 0},
+]
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
+    tokens.get_encoding.cache_clear()
+    yield tmp_path / "tiktoken"
+    tokens.get_encoding.cache_clear()
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+def test_cache_is_seeded_from_the_packaged_copy_and_hash_checked(fresh_cache, name):
+    path = tokens.seed_cache(name)
+    assert path.parent == fresh_cache
+    assert (
+        path.name
+        == hashlib.sha1(f"https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken".encode()).hexdigest()
+    )
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == tokens.EXPECTED_SHA256[name]
+    enc = tokens.get_encoding(name)  # would need the network if the cache were not seeded
+    assert enc.name == name and enc.decode(enc.encode("hello world")) == "hello world"
+
+
+def test_corrupt_cache_file_is_replaced(fresh_cache):
+    path = tokens.seed_cache("cl100k_base")
+    path.write_bytes(b"garbage")
+    tokens.seed_cache("cl100k_base")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == tokens.EXPECTED_SHA256["cl100k_base"]
+
+
+def test_missing_encoding_is_a_clear_error(fresh_cache, monkeypatch):
+    with pytest.raises(UserError, match="o200k_base.*cl100k_base"):
+        tokens.seed_cache("p50k_edit")
+    monkeypatch.setattr(tokens, "_packaged_copy", lambda name: None)
+    with pytest.raises(UserError, match="bpe-openai"):
+        tokens.seed_cache("o200k_base")
+
+
+def _direct(messages, enc):
+    """OpenAI cookbook's num_tokens_from_messages, written out with tiktoken directly."""
+    n = 0
+    for m in messages:
+        n += 3
+        for key, value in m.items():
+            if key == "weight":
+                continue
+            n += len(enc.encode(value, disallowed_special=()))
+            if key == "name":
+                n += 1
+    return n + 3
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+def test_counts_equal_a_direct_tiktoken_computation(name):
+    import tiktoken
+
+    tokens.seed_cache(name)
+    enc = tiktoken.get_encoding(name)
+    assert tokens.message_tokens(CONVERSATION, tokens.get_encoding(name)) == _direct(CONVERSATION, enc)
+    one = [{"role": "user", "content": "hi"}]
+    assert tokens.message_tokens(one, enc) == 3 + len(enc.encode("user")) + len(enc.encode("hi")) + 3
+    named = [{"role": "user", "content": "hi", "name": "bob"}]
+    assert tokens.message_tokens(named, enc) == tokens.message_tokens(one, enc) + len(enc.encode("bob")) + 1
+    weighted = [{"role": "assistant", "content": "hi", "weight": 0}]
+    assert tokens.message_tokens(weighted, enc) == tokens.message_tokens([{"role": "assistant", "content": "hi"}], enc)
+    assert tokens.assistant_tokens(CONVERSATION, enc) == len(enc.encode('["flour"]')) + len(
+        enc.encode('["sugar", "eggs"]')
+    )
+
+
+def test_dpo_rows_count_input_and_both_outputs():
+    enc = tokens.get_encoding("o200k_base")
+    row = {
+        "input": {"messages": [{"role": "user", "content": "q"}]},
+        "preferred_output": [{"role": "assistant", "content": "good"}],
+        "non_preferred_output": [{"role": "assistant", "content": "bad"}],
+    }
+    flat = [*row["input"]["messages"], *row["preferred_output"], *row["non_preferred_output"]]
+    assert tokens.count_rows([row], enc) == [tokens.message_tokens(flat, enc)]
