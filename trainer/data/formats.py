@@ -92,9 +92,9 @@ def _object(row: Any) -> dict:
 
 
 def _type(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", type(None): "null", bool: "a boolean"}.get(
-        type(value), f"a {type(value).__name__}"
-    )
+    names = {dict: "an object", list: "a list", str: "a string", type(None): "null", bool: "a boolean"}
+    names |= {int: "a number", float: "a number"}
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def _keys(row: dict) -> str:
@@ -117,7 +117,7 @@ def _chat(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
 
     def normalise(row: Any) -> dict:
         row = _object(row)
-        if key not in row:
+        if row.get(key) is None:  # absent, or null (how Arrow stores an absent key)
             raise Invalid(f"no '{key}' list (keys: {_keys(row)})")
         if len(row) > 1:
             _count_ignored(row, used, ignored)

@@ -206,7 +206,7 @@ def _read_csv(path: Path, delimiter: str) -> Iterator[Record]:
         raise UserError(
             f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8."
         ) from None
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except csv.Error as exc:
@@ -221,7 +221,7 @@ def _read_csv(path: Path, delimiter: str) -> Iterator[Record]:
         except StopIteration:
             break
         except csv.Error as exc:
-            yield f"{path}:{start}", Bad(f"not valid CSV: {exc}")
+            yield f"{path}:{start}", Bad(f"not valid CSV: {exc} (an unclosed quote?); the rest of the file is not read")
             break
         where = f"{path}:{start}"
         start = reader.line_num + 1

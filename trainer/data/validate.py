@@ -45,6 +45,8 @@ def load_source(source: Mapping, path: str | None = None, split: str | None = No
             wheres.append(where)
         except Invalid as exc:
             bad.append(f"{where}: {exc}")
+        except UserError as exc:  # a config problem found on the first row (a template naming an unknown column)
+            raise UserError(f"{where}: {exc}") from None
     return out
 
 
