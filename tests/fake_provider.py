@@ -80,6 +80,8 @@ class FakeProvider:
         self.create_delay_s = create_delay_s
         #: Answer 500 this many times to a job creation *after* creating the job (a lost response).
         self.create_500_after_commit = 0
+        #: Answer 500 this many times to an upload *after* storing the file (a lost response).
+        self.upload_500_after_commit = 0
         #: Known prompts (last user message) -> the reference answer the fine-tuned model gives.
         self.answers: dict[str, str] = {}
         #: Azure base-model deployments that exist from the start: deployment name -> model.
@@ -212,6 +214,9 @@ class FakeProvider:
                 "_content": content,
             }
             self.counters["uploads"] += 1
+            if self.upload_500_after_commit > 0:
+                self.upload_500_after_commit -= 1
+                raise HttpError(500, "The server had an error while processing your request.", "server_error")
             return _public(self.files[file_id])
 
     def _files_list(self, query: dict, **_: Any) -> dict:
@@ -525,3 +530,35 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:  # quiet
         return
+
+
+# ------------------------------------------------------------ helpers for the tests
+
+
+def write_chat_dataset(path: Any, n: int = 20, fake: FakeProvider | None = None) -> list[dict]:
+    """A chat JSONL file of ``n`` recipe-style rows; the fake's fine-tuned model learns every answer."""
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "List the generic ingredients as JSON."},
+                {"role": "user", "content": f"Recipe {i}: {i + 1} cups flour, {i} eggs, a pinch of salt"},
+                {"role": "assistant", "content": '["flour", "eggs", "salt"]' if i % 2 else '["flour", "salt"]'},
+            ]
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if fake is not None:
+        fake.answers.update({r["messages"][1]["content"]: r["messages"][2]["content"] for r in rows})
+    return rows
+
+
+def files_containing(root: Any, *secrets: str) -> list[str]:
+    """Every file under ``root`` whose bytes contain one of the secrets."""
+    from pathlib import Path
+
+    hits = []
+    for path in Path(root).rglob("*"):
+        if path.is_file() and any(s.encode() in path.read_bytes() for s in secrets):
+            hits.append(str(path))
+    return hits

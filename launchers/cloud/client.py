@@ -12,7 +12,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from trainer.errors import UserError
@@ -127,3 +128,25 @@ def describe(exc: BaseException) -> str:
 def api_error(exc: BaseException, doing: str) -> UserError:
     """The provider's refusal as a one-paragraph UserError."""
     return UserError(f"The provider refused {doing}: {describe(exc)}.")
+
+
+@contextmanager
+def user_errors(run_dir: object, retries: int) -> Iterator[None]:
+    """Provider errors that are left after the retries become one paragraph, not a traceback."""
+    import openai
+
+    try:
+        yield
+    except openai.APIStatusError as exc:
+        if exc.status_code >= 500 or exc.status_code in RETRY_STATUS:
+            raise _kept_failing(exc, run_dir, retries) from None
+        raise api_error(exc, "the request") from None
+    except openai.APIError as exc:
+        raise _kept_failing(exc, run_dir, retries) from None
+
+
+def _kept_failing(exc: BaseException, run_dir: object, retries: int) -> UserError:
+    return UserError(
+        f"The provider kept failing ({describe(exc)}) after hardware.max_retries={retries} retries. Run the same "
+        f"command again to resume: {run_dir} remembers the uploads and the job, so nothing is uploaded or paid twice."
+    )

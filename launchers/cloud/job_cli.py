@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from launchers.cloud import jobs
-from launchers.cloud.client import make_client
+from launchers.cloud.client import make_client, user_errors
 from launchers.cloud.retrying import Retry
 from launchers.cloud.state import FILE_NAME, State
 from trainer.errors import UserError
@@ -48,6 +48,11 @@ def load_run_config(run_dir: Path) -> Any:
 
 def job_command(cfg: Any, action: str) -> dict[str, Any] | float | None:
     """status: print the recorded job's state; attach: follow it to the end (and evaluate); cancel: cancel it."""
+    with user_errors(cfg.output_dir, cfg.hardware.max_retries):
+        return _job_command(cfg, action)
+
+
+def _job_command(cfg: Any, action: str) -> dict[str, Any] | float | None:
     if action not in ACTIONS:
         raise UserError(f"Unknown job action '{action}'. Actions: {', '.join(ACTIONS)}.")
     run_dir = Path(cfg.output_dir)

@@ -9,7 +9,7 @@ from typing import Any
 
 from launchers.cloud import azure_deploy, evaluate, jobs, uploads
 from launchers.cloud.checks import check_cloud
-from launchers.cloud.client import make_client
+from launchers.cloud.client import make_client, user_errors
 from launchers.cloud.prepare import Prepared, prepare, provider_model
 from launchers.cloud.retrying import Retry
 from launchers.cloud.state import State
@@ -19,6 +19,11 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: Any, command: str) -> float | None:
+    with user_errors(cfg.output_dir, cfg.hardware.max_retries):
+        return _run(cfg, command)
+
+
+def _run(cfg: Any, command: str) -> float | None:
     check_cloud(cfg)
     from trainer import rundir
 
