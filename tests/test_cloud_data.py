@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,31 @@ def test_jsonl_is_deterministic_and_hashed(tmp_path):
     data = (tmp_path / "a.jsonl").read_bytes()
     assert sha == hashlib.sha256(data).hexdigest() == pd.write_jsonl(tmp_path / "b.jsonl", json.loads(json.dumps(rows)))
     assert [json.loads(line) for line in data.decode().splitlines()] == rows
+
+
+DATA = Path(__file__).resolve().parent / "assets" / "data"
+FORMATS = {
+    "quickstart": [],
+    "chat": ["dataset=chat_jsonl", f"dataset.path={DATA / 'chat.jsonl'}"],
+    "alpaca": ["dataset=alpaca", f"dataset.path={DATA / 'alpaca.json'}"],
+    "sharegpt": ["dataset=sharegpt", f"dataset.path={DATA / 'sharegpt.jsonl'}", "+dataset.roles.bot=assistant"],
+    "prompt_completion": ["dataset=prompt_completion", f"dataset.path={DATA / 'prompt_completion.csv'}"],
+    "template": ["dataset=template", f"dataset.path={DATA / 'recipes.csv'}"],
+    "preference": ["dataset=preference", f"dataset.path={DATA / 'preference.jsonl'}", "hardware.objective=dpo"],
+}
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_every_dataset_format_prepares_for_the_provider(name, tmp_path, capsys, monkeypatch):
+    from launchers import cloud
+    from launchers.cloud.prepare import TRAIN_FILE
+    from tests.conftest import compose
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
+    cfg = compose("hardware=openai", "model=gpt_35_turbo", *FORMATS[name])
+    cfg.output_dir = str(tmp_path)
+    assert cloud.run(cfg, "prepare") is None
+    rows = [json.loads(line) for line in (tmp_path / TRAIN_FILE).read_text().splitlines()]
+    assert rows and pd.validate(rows, "train") == []
+    assert all(("input" in r) == (name == "preference") for r in rows)
+    assert "cost estimate" in capsys.readouterr().out
