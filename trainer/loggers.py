@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -25,7 +26,7 @@ class JsonlLogger(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        record = {"step": state.global_step, "epoch": state.epoch, **logs}
+        record = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         log.info(
