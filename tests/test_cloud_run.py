@@ -99,6 +99,8 @@ def test_openai_end_to_end(fake, tmp_path, capsys, caplog):
     assert request["metadata"] == {"hydratune_run": state["run_id"]}
     events = [json.loads(line) for line in (run_dir / "cloud_events.jsonl").read_text().splitlines()]
     assert len({e["id"] for e in events}) == len(events) and sum(e["type"] == "metrics" for e in events) == 4
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4] == [r["step"] for r in log if "eval_loss" in r]
     assert "cost estimate" in capsys.readouterr().out
     assert_no_secrets(run_dir, caplog.text, capsys.readouterr().out)
 

@@ -74,7 +74,7 @@ def _job_command(cfg: Any, action: str) -> dict[str, Any] | float | None:
         return {"id": job_id, "status": job.status}
     job = retry(client.fine_tuning.jobs.retrieve, job_id, what="job status")
     state.update_job(status=job.status, fine_tuned_model=job.fine_tuned_model)
-    events = jobs.EventLog(run_dir)
+    events = jobs.EventLog(run_dir, metrics_log=cfg.logger.name != "none")
     events.fetch(client, retry, job_id)
     info = {
         "id": job.id,

@@ -21,6 +21,7 @@ from trainer.errors import UserError
 log = logging.getLogger(__name__)
 TERMINAL = ("succeeded", "failed", "cancelled")
 EVENTS_FILE = "cloud_events.jsonl"
+METRICS_FILE = "metrics.jsonl"  # the local runs' training log (trainer/loggers.py)
 MAX_LIST_PAGES = 20
 
 
@@ -93,10 +94,13 @@ def ensure_job(client: Any, state: State, retry: Retry, create_args: dict[str, A
 
 
 class EventLog:
-    """Provider events appended once each to cloud_events.jsonl; metrics mapped to HF Trainer's log_history."""
+    """Provider events appended once each to cloud_events.jsonl. Metrics events are mapped to HF Trainer's
+    log_history shape ({"step", "loss"} and {"step", "eval_loss"}) and, unless logger=none, appended to
+    metrics.jsonl like a local run's training log."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, metrics_log: bool = True) -> None:
         self.path = Path(run_dir) / EVENTS_FILE
+        self.metrics_path = Path(run_dir) / METRICS_FILE if metrics_log else None
         self.events = [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.is_file() else []
         self.seen = {e["id"] for e in self.events}
 
@@ -110,7 +114,7 @@ class EventLog:
             if len(fresh) < len(page.data) or not page.has_more or not page.data:
                 break
             after = page.data[-1].id
-        new.sort(key=lambda e: (e.created_at, e.id))
+        new.reverse()  # pages come newest first
         rows = [
             {
                 "id": e.id,
@@ -122,6 +126,11 @@ class EventLog:
             }
             for e in new
         ]
+        if self.metrics_path is not None:
+            with open(self.metrics_path, "a") as f:
+                for row in rows:
+                    for record in _records(row):
+                        f.write(json.dumps({**record, "time": row["created_at"], "job_id": job_id}) + "\n")
         with open(self.path, "a") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
@@ -130,29 +139,32 @@ class EventLog:
         return rows
 
     def history(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for e in self.events:
-            data = e.get("data") or {}
-            if e.get("type") != "metrics" or "step" not in data:
-                continue
-            step = int(data["step"])
-            if data.get("train_loss") is not None:
-                out.append(
-                    {
-                        "step": step,
-                        "loss": data["train_loss"],
-                        **_opt("mean_token_accuracy", data.get("train_mean_token_accuracy")),
-                    }
-                )
-            if data.get("valid_loss") is not None:
-                out.append(
-                    {
-                        "step": step,
-                        "eval_loss": data["valid_loss"],
-                        **_opt("eval_mean_token_accuracy", data.get("valid_mean_token_accuracy")),
-                    }
-                )
-        return out
+        return [record for e in self.events for record in _records(e)]
+
+
+def _records(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """A provider metrics event as log_history entries: train_loss -> loss, valid_loss -> eval_loss."""
+    data = event.get("data") or {}
+    if event.get("type") != "metrics" or "step" not in data:
+        return []
+    step, out = int(data["step"]), []
+    if data.get("train_loss") is not None:
+        out.append(
+            {
+                "step": step,
+                "loss": data["train_loss"],
+                **_opt("mean_token_accuracy", data.get("train_mean_token_accuracy")),
+            }
+        )
+    if data.get("valid_loss") is not None:
+        out.append(
+            {
+                "step": step,
+                "eval_loss": data["valid_loss"],
+                **_opt("eval_mean_token_accuracy", data.get("valid_mean_token_accuracy")),
+            }
+        )
+    return out
 
 
 def _opt(key: str, value: Any) -> dict[str, Any]:

@@ -34,7 +34,9 @@ def _run(cfg: Any, command: str) -> float | None:
     if command == "prepare":
         return None
     client, retry, state = make_client(cfg.hardware), Retry.from_hw(cfg.hardware), State(run_dir)
-    events = jobs.EventLog(run_dir)
+    events = jobs.EventLog(run_dir, metrics_log=cfg.logger.name != "none")
+    if cfg.logger.name in ("tensorboard", "wandb"):
+        log.warning("logger=%s: provider runs log their metrics to metrics.jsonl and the report only", cfg.logger.name)
     if command == "eval":
         if not (state.job and state.job.get("status") == "succeeded"):
             raise UserError(f"{run_dir} has no succeeded provider job to evaluate; run `hydratune train` first.")
