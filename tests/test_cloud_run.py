@@ -99,6 +99,9 @@ def test_openai_end_to_end(fake, tmp_path, capsys, caplog):
     assert request["metadata"] == {"hydratune_run": state["run_id"]}
     events = [json.loads(line) for line in (run_dir / "cloud_events.jsonl").read_text().splitlines()]
     assert len({e["id"] for e in events}) == len(events) and sum(e["type"] == "metrics" for e in events) == 4
+    chats = fake.counters["chat"]
+    cloud.run(cfg, "eval")  # evaluates the recorded fine-tuned model again: no upload, no job
+    assert (fake.counters["uploads"], fake.counters["jobs_created"], fake.counters["chat"]) == (2, 1, 2 * chats)
     log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4] == [r["step"] for r in log if "eval_loss" in r]
     assert "cost estimate" in capsys.readouterr().out
@@ -256,6 +259,12 @@ def test_ctrl_c_detaches_or_cancels(fake, tmp_path, monkeypatch, on_interrupt, c
     )
     if on_interrupt == "detach":
         monkeypatch.setattr(jobs, "follow", real_follow)
+        cfg.hardware.n_epochs = 2
+        with pytest.raises(
+            UserError, match=r"created with other settings \(method changed since\). Nothing was uploaded"
+        ):
+            cloud.run(cfg, "train")
+        cfg.hardware.n_epochs = "auto"
         fake.polls_per_state = 1
         cloud.job_command(cfg, "attach")
         assert (fake.counters["uploads"], fake.counters["jobs_created"]) == (2, 1)

@@ -46,6 +46,25 @@ def params(hw: Any, model: str, training_file: str, validation_file: str | None,
     return out
 
 
+def settings(hw: Any, model: str, train_sha256: str, validation_sha256: str | None) -> dict[str, Any]:
+    """What a job is made of, known before any upload: model, method, seed, suffix and the data's hashes."""
+    args = params(hw, model, "", None, "")
+    kept = {k: v for k, v in args.items() if k not in ("training_file", "metadata")}
+    return json.loads(json.dumps({**kept, "train_sha256": train_sha256, "validation_sha256": validation_sha256}))
+
+
+def check_settings(state: State, wanted: dict[str, Any]) -> None:
+    """A run dir belongs to one job: refuse to attach to it with other data or hyperparameters."""
+    recorded = (state.job or {}).get("settings")
+    if state.job and state.job.get("id") and recorded is not None and recorded != wanted:
+        changed = sorted(k for k in {*recorded, *wanted} if recorded.get(k) != wanted.get(k))
+        raise UserError(
+            f"{state.path.parent} belongs to fine-tuning job {state.job['id']}, which was created with other "
+            f"settings ({', '.join(changed)} changed since). Nothing was uploaded. Start a new run in another "
+            "directory (hydra.run.dir=...) to train with the new settings, or restore the old ones to reattach."
+        )
+
+
 def _number_or_auto(value: Any) -> Any:
     if value in (None, "auto"):
         return "auto"
@@ -65,7 +84,7 @@ def find_job(client: Any, retry: Retry, training_file: str) -> Any | None:
     return None
 
 
-def ensure_job(client: Any, state: State, retry: Retry, create_args: dict[str, Any]) -> str:
+def ensure_job(client: Any, state: State, retry: Retry, create_args: dict[str, Any], job_settings: dict) -> str:
     """This run's job id: the recorded one, the one found at the provider, or a newly created one."""
     if state.job and state.job.get("id"):
         log.info("attaching to job %s", state.job["id"])
@@ -88,7 +107,7 @@ def ensure_job(client: Any, state: State, retry: Retry, create_args: dict[str, A
                 raise
             retry.wait(attempt, retry_after)
             attempt += 1
-    state.update_job(id=job_id, model=create_args["model"], status="created")
+    state.update_job(id=job_id, model=create_args["model"], status="created", settings=job_settings)
     log.info("fine-tuning job %s", job_id)
     return job_id
 

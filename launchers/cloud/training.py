@@ -49,15 +49,16 @@ def _run(cfg: Any, command: str) -> float | None:
 
 def train(cfg: Any, client: Any, state: State, retry: Retry, prepared: Prepared, events: jobs.EventLog) -> Any:
     """Upload (once), create or find the job, follow it to the end; the succeeded job, else a UserError."""
-    hw = cfg.hardware
-    train_id = uploads.upload(client, state, retry, prepared.train_path, "train", prepared.train_sha256)
-    val_id = None
-    if prepared.validation_path is not None:
-        val_id = uploads.upload(
-            client, state, retry, prepared.validation_path, "validation", prepared.validation_sha256
-        )
-    args = jobs.params(hw, provider_model(cfg), train_id, val_id, state.run_id)
-    job_id = jobs.ensure_job(client, state, retry, args)
+    hw, model = cfg.hardware, provider_model(cfg)
+    wanted = jobs.settings(hw, model, prepared.train_sha256, prepared.validation_sha256)
+    jobs.check_settings(state, wanted)
+    try:
+        job_id = start_job(client, state, retry, prepared, hw, model, wanted)
+    except KeyboardInterrupt:
+        raise UserError(
+            f"Interrupted before the job was recorded. Run the same command again to resume: {cfg.output_dir} "
+            "remembers what was uploaded and finds a job that was already created, so nothing is paid twice."
+        ) from None
     try:
         job = jobs.follow(client, state, retry, job_id, events)
     except KeyboardInterrupt:
@@ -66,6 +67,17 @@ def train(cfg: Any, client: Any, state: State, retry: Retry, prepared: Prepared,
         raise jobs.failure(job)
     state.update_job(checkpoints=jobs.checkpoints(client, retry, job_id), trained_tokens=job.trained_tokens)
     return job
+
+
+def start_job(client: Any, state: State, retry: Retry, prepared: Prepared, hw: Any, model: str, wanted: dict) -> str:
+    train_id = uploads.upload(client, state, retry, prepared.train_path, "train", prepared.train_sha256)
+    val_id = None
+    if prepared.validation_path is not None:
+        val_id = uploads.upload(
+            client, state, retry, prepared.validation_path, "validation", prepared.validation_sha256
+        )
+    args = jobs.params(hw, model, train_id, val_id, state.run_id)
+    return jobs.ensure_job(client, state, retry, args, wanted)
 
 
 def interrupted(cfg: Any, client: Any, state: State, retry: Retry, job_id: str) -> UserError:
