@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ class Retry:
     def wait(self, attempt: int, retry_after: str | None = None) -> None:
         time.sleep(_client.retry_delay(attempt, self.backoff_s, retry_after))
 
-    def polls(self):  # noqa: ANN201 - generator of sleep intervals
+    def polls(self) -> Iterator[float]:
         """Poll intervals: start at poll_s, grow by half each time, never above max_poll_s."""
         interval = self.poll_s
         while True:
