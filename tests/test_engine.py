@@ -105,3 +105,11 @@ def test_killed_run_resumes_to_the_same_final_loss(tmp_path, cache_dir):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resuming from" in (resumed / "hydratune.log").read_text()
     assert losses(resumed)[40] == pytest.approx(losses(straight)[40], abs=0, rel=1e-6)
+
+
+def test_eval_command_scores_the_configured_model_without_training(tmp_path, cache_dir):
+    result = hydratune("eval", *TINY, f"hydra.run.dir={tmp_path}", cache=cache_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics) == {"base"} and metrics["base"]["examples"] == 8
+    assert not (tmp_path / "model").exists()

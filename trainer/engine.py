@@ -8,6 +8,7 @@ report. The training loop is TRL's; this module only builds things in order and 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -15,6 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 from trainer import data, evaluation, loggers, models, report
 
 log = logging.getLogger(__name__)
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a multi-process run (torchrun, deepspeed and accelerate set RANK), or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def load_model_and_tokenizer(cfg: DictConfig, device: str):
@@ -58,8 +64,9 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     from trl import SFTTrainer
 
     set_seed(cfg.seed)
+    main = is_main_process()  # every rank trains and evaluates; only rank 0 writes files into the run dir
     model_path, tokenizer, added_tokens, model = load_model_and_tokenizer(cfg, device)
-    prepared = data.prepare(cfg, tokenizer, run_dir)
+    prepared = data.prepare(cfg, tokenizer, run_dir if main else None)
     log.info("dataset: %d training / %d validation sequences", len(prepared.train), len(prepared.validation))
 
     peft_config = models.peft_config(cfg.method, added_tokens)
@@ -78,33 +85,41 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     results: dict = {}
     queries = evaluation.queries(prepared.examples.validation, cfg.eval.max_examples)
     if cfg.eval.enabled and cfg.eval.compare_base:
-        results.update(base_sections(cfg, trainer, tokenizer, queries, model_path, prepared))
+        results.update(base_sections(cfg, trainer, tokenizer, queries, model_path, prepared, main))
 
     checkpoint = last_checkpoint(run_dir)
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(str(run_dir / "model"))
-    tokenizer.save_pretrained(run_dir / "model")
+    trainer.save_model(str(run_dir / "model"))  # on every rank (ZeRO-3 gathers shards); the Trainer writes on rank 0
+    if main:
+        tokenizer.save_pretrained(run_dir / "model")
     if cfg.method.merge_adapter:
-        trainer.model.merge_and_unload().save_pretrained(run_dir / "merged")
-        tokenizer.save_pretrained(run_dir / "merged")
+        merged = trainer.model.merge_and_unload()
+        if main:
+            merged.save_pretrained(run_dir / "merged")
+            tokenizer.save_pretrained(run_dir / "merged")
 
-    if cfg.eval.enabled:
+    if cfg.eval.enabled:  # on every rank: evaluation is collective (sharded loss; ZeRO-3 gathers weights to generate)
         results["finetuned"] = evaluation.evaluate(trainer, tokenizer, cfg, queries, "finetuned")
+    if not main:
+        return results
     results["data"] = {"cache_key": prepared.cache_key, "cache_hit": prepared.cache_hit, **prepared.stats}
     report.write_report(run_dir, results, trainer.state.log_history, f"hydratune run: {cfg.run_name}")
     log.info("report: %s", run_dir / "report.md")
     return results
 
 
-def base_sections(cfg, trainer, tokenizer, queries, model_path, prepared) -> dict:
+def base_sections(cfg, trainer, tokenizer, queries, model_path, prepared, main: bool = True) -> dict:
     """The base model's results (and, with eval.few_shot=K, the base model prompted with K demonstrations),
-    cached across runs that share model, data and eval settings."""
+    cached across runs that share model, data and eval settings. Ranks other than 0 read the cache, never write it
+    (a cache file this run writes appears only after the collective evaluation every rank has entered)."""
     sections = {}
     file = evaluation.base_cache_file(cfg, model_path, queries, prepared.cache_key, "base")
     sections["base"] = evaluation.cached(
-        file, lambda: evaluation.evaluate(trainer, tokenizer, cfg, queries, "base"), cfg.eval.cache_base
+        file,
+        lambda: evaluation.evaluate(trainer, tokenizer, cfg, queries, "base"),
+        cfg.eval.cache_base and (main or file.exists()),
     )
     if cfg.eval.few_shot > 0:
         demos = evaluation.queries(prepared.examples.train, cfg.eval.few_shot)
@@ -113,6 +128,27 @@ def base_sections(cfg, trainer, tokenizer, queries, model_path, prepared) -> dic
         sections["few_shot"] = evaluation.cached(
             file,
             lambda: evaluation.evaluate(trainer, tokenizer, cfg, shots, "few_shot", run_loss=False),
-            cfg.eval.cache_base,
+            cfg.eval.cache_base and (main or file.exists()),
         )
     return sections
+
+
+def evaluate_only(cfg: DictConfig, run_dir: Path, device: str) -> dict:
+    """``hydratune eval``: the configured model on the held-out split, no training (one 'base' section)."""
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    set_seed(cfg.seed)
+    _, tokenizer, _, model = load_model_and_tokenizer(cfg, device)
+    prepared = data.prepare(cfg, tokenizer, run_dir)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(cfg, run_dir, device),
+        train_dataset=prepared.train,
+        eval_dataset=prepared.validation if len(prepared.validation) else None,
+        processing_class=tokenizer,
+    )
+    queries = evaluation.queries(prepared.examples.validation, cfg.eval.max_examples)
+    results = {"base": evaluation.evaluate(trainer, tokenizer, cfg, queries, "base")}
+    report.write_report(run_dir, results, [], f"hydratune eval: {cfg.model.name_or_path}")
+    return results
