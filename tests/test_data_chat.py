@@ -196,3 +196,46 @@ def test_split_too_large_is_a_user_error(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", _rows(5))
     with pytest.raises(UserError, match="only 5 usable rows"):
         _split(tmp_path, path=str(data), validation_size=5)
+
+
+TRIM_TEMPLATE = CHATML_LIKE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Looks at the content in a way no pattern catches; rows are checked against the full rendering, so it is found.
+HIDDEN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% set c = m['content'] %}"
+    "{% if c is string and c|length > 40 %}LONG {% endif %}{{ c }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [None, PLAIN_TEMPLATE, UNSTABLE_TEMPLATE, TRIM_TEMPLATE, HIDDEN_TEMPLATE],
+    ids=["chatml", "plain", "unstable", "trim", "hidden-content-test"],
+)
+def test_skeleton_rendering_equals_the_full_rendering(tokenizer, template):
+    if template is not None:
+        tokenizer = tokenizer.__class__.from_pretrained(_saved(tokenizer))
+        tokenizer.chat_template = template
+    rows = [{"messages": c} for c in CONVERSATIONS] * 3
+    rows += [
+        {
+            "messages": [
+                {"role": "user", "content": f"  padded {i}  "},
+                {"role": "assistant", "content": "x" * (10 * i) + " \n"},
+            ]
+        }
+        for i in range(8)
+    ]
+    fast = Encoder(tokenizer, None)
+    slow = Encoder(tokenizer, None)
+    slow._fast = False
+    a, b = fast.encode(rows), slow.encode(rows)
+    assert [x.tolist() for x in a.input_ids] == [x.tolist() for x in b.input_ids]
+    assert [x.tolist() for x in a.labels] == [x.tolist() for x in b.labels]
+    if template in (TRIM_TEMPLATE, HIDDEN_TEMPLATE):
+        assert fast._fast is False  # detected: every row was rendered by the template itself
+    else:
+        assert fast._fast is True and fast._skeletons

@@ -9,6 +9,7 @@ fall back to locating each answer's text in the full rendering.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +17,25 @@ import numpy as np
 from trainer.errors import UserError
 
 CHUNK = 4096
+_VERIFY_FIRST, _VERIFY_EVERY = 4, 257
+_SAFE_TESTS = r"is\s+(?!string\b|defined\b|not\s+none\b|none\b|mapping\b|not\s+string\b)"
+
+
+def reads_content(template: str) -> bool:
+    """Whether template code inspects or transforms message contents (filters, methods, comparisons, ``in``),
+    directly or through a variable set from them; such templates get no skeleton."""
+    names = {"content", *re.findall(r"set\s+(\w+)\s*=\s*[^%]*content", template)}
+    for name in names:
+        use = rf"\b{name}['\"]?\]?\s*(\||\.\s*\w+\s*\(|==|!=|\[|<|>|{_SAFE_TESTS})"
+        if re.search(use, template) or re.search(rf"\bin\s+[\w.\[\]'\"]*\b{name}\b", template):
+            return True
+    return False
+
+
+class _SkeletonMismatch(Exception):
+    """A row rendered from a skeleton differed from the template's own rendering."""
+
+
 _END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "</s>", "<end_of_turn>", "<|endoftext|>")
 
 
@@ -42,6 +62,9 @@ class Encoder:
         self._template = None
         self._prefix_stable = True
         self._cuts: dict[str, list[int]] = {}
+        self._fast = True
+        self._skeletons: dict[tuple, object] = {}
+        self._rendered = 0
 
     # ------------------------------------------------------------ chat template
 
@@ -69,23 +92,99 @@ class Encoder:
 
     def chat_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
         """The rendered conversation and the character spans that count in the loss."""
-        plain = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
-        full = self.render(plain, False)
+        full, answer_spans = self._fast_spans(messages) if self._fast else self._slow_spans(messages)
         if self.all_tokens:
             return full, [(0, len(full))]
+        answers = [m for m in messages if m["role"] == "assistant"]
+        return full, [span for m, span in zip(answers, answer_spans, strict=True) if m.get("weight", 1) != 0]
+
+    def _slow_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+        """Render the template on the conversation and its prefixes; one span per assistant message."""
+        plain = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+        full = self.render(plain, False)
         spans, cursor = [], 0
         last = len(plain) - 1
-        for i, message in enumerate(messages):
+        for i, message in enumerate(plain):
             if message["role"] != "assistant":
                 continue
-            trained = message.get("weight", 1) != 0
             span = self._prefix_span(plain, i, full, last) if self._prefix_stable else None
             if span is None:
                 span = self._search_span(full, message["content"], cursor)
             cursor = span[1]
-            if trained:
-                spans.append(span)
+            spans.append(span)
         return full, spans
+
+    # A conversation's rendering is the same for every conversation with the same roles, except for the contents.
+    # The template is rendered once per role sequence with placeholder contents (a "skeleton"); each row is then
+    # the skeleton's literal pieces joined with its contents. Templates that look at or transform the contents are
+    # detected (and rows are checked against a full rendering now and then); they always take the slow path.
+
+    def _fast_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+        key = tuple((m["role"], m.get("name")) for m in messages)
+        skeleton = self._skeletons.get(key)
+        if skeleton is None:
+            skeleton = self._skeletons[key] = self._skeleton(key) or False
+        if skeleton is False:
+            return self._slow_spans(messages)
+        pieces, bounds = skeleton
+        parts = [pieces[0]]
+        starts = [0]
+        pos = len(pieces[0])
+        for message, piece in zip(messages, pieces[1:], strict=True):
+            content = message["content"]
+            parts += (content, piece)
+            pos += len(content)
+            starts.append(pos)
+            pos += len(piece)
+        text = "".join(parts)
+        spans = [(starts[ka] + da, starts[kb] + db) for (ka, da), (kb, db) in bounds]
+        self._rendered += 1
+        if self._rendered <= _VERIFY_FIRST or self._rendered % _VERIFY_EVERY == 0:
+            if self._slow_spans(messages) != (text, spans):
+                self._fast = False
+                raise _SkeletonMismatch
+        return text, spans
+
+    def _skeleton(self, key) -> tuple[list[str], list] | None:
+        if reads_content(self.tokenizer.get_chat_template()):
+            self._fast = False
+            return None
+        marks = [f"\ue000{k}\ue001" for k in range(len(key))]
+
+        def conversation(contents):
+            return [
+                {"role": r, "content": c, **({"name": n} if n is not None else {})}
+                for (r, n), c in zip(key, contents, strict=True)
+            ]
+
+        try:
+            full, spans = self._slow_spans(conversation(marks))
+            padded = [f" \n{m}\t " for m in marks]
+            padded_full = self.render(conversation(padded), False)
+        except Exception:  # noqa: BLE001 - a template that rejects this role sequence: the slow path reports it
+            return None
+        at = [full.find(m) for m in marks]
+        if any(a < 0 or full.count(m) != 1 for a, m in zip(at, marks, strict=True)) or at != sorted(at):
+            return None
+        if any(padded_full.count(p) != 1 for p in padded):
+            return None
+        pieces, prev = [], 0
+        for a, m in zip(at, marks, strict=True):
+            pieces.append(full[prev:a])
+            prev = a + len(m)
+        pieces.append(full[prev:])
+        piece_starts = [0] + [a + len(m) for a, m in zip(at, marks, strict=True)]
+
+        def locate(p):
+            k = sum(1 for s in piece_starts[1:] if s <= p)
+            if k < len(at) and p > at[k]:  # inside a placeholder: the boundary is not between pieces
+                return None
+            return (k, p - piece_starts[k])
+
+        bounds = [(locate(a), locate(b)) for a, b in spans]
+        if any(x is None or y is None for x, y in bounds):
+            return None
+        return pieces, bounds
 
     def _prefix_span(self, plain, i, full, last):
         try:
@@ -138,9 +237,14 @@ class Encoder:
     # ------------------------------------------------------------ encode
 
     def encode(self, rows: list[dict]) -> Encoded:
-        out = Encoded()
-        for start in range(0, len(rows), CHUNK):
-            self._encode_chunk(rows[start : start + CHUNK], start, out)
+        try:
+            out = Encoded()
+            for start in range(0, len(rows), CHUNK):
+                self._encode_chunk(rows[start : start + CHUNK], start, out)
+        except _SkeletonMismatch:  # the template is not content-transparent after all: render every row fully
+            out = Encoded()
+            for start in range(0, len(rows), CHUNK):
+                self._encode_chunk(rows[start : start + CHUNK], start, out)
         return out
 
     def _encode_chunk(self, rows: list[dict], offset: int, out: Encoded) -> None:
