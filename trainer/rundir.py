@@ -16,7 +16,8 @@ from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SECRET_KEY = re.compile(r"(api_?key|token|secret|password)", re.IGNORECASE)
+# "token$": hub_token, ad_token, token ... but not max_new_tokens (workers load the written config).
+SECRET_KEY = re.compile(r"(api_?key|secret|password|token$)", re.IGNORECASE)
 REDACTED = "***redacted***"
 RESULTS = ("metrics.json", "report.md", "loss_curve.png", "metrics.jsonl", "model", "merged", "checkpoints")
 
