@@ -15,6 +15,10 @@ def launch(cfg: DictConfig, command: str) -> float | None:
         from launchers import local
 
         return local.run(cfg, command)
+    if kind == "distributed":
+        from launchers import distributed
+
+        return distributed.run(cfg, command)
     if kind == "cloud":
         from launchers import cloud
 

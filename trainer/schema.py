@@ -137,13 +137,15 @@ class LocalHardwareSchema:
 @dataclass
 class DistributedHardwareSchema(LocalHardwareSchema):
     kind: str = "distributed"
-    #: torchrun, deepspeed or accelerate.
+    #: The real launcher that starts the worker processes: torchrun, deepspeed or accelerate.
     launcher: str = "torchrun"
     #: Processes per node; null means every visible GPU (or 2 on a CPU-only machine).
     num_processes: int | None = None
+    #: Nodes (machines) in the run; every node runs the same command with its own node_rank.
     num_nodes: int = 1
     #: This node's rank; null reads NODE_RANK / SLURM_NODEID from the environment (0 if unset).
     node_rank: int | None = None
+    #: Rendezvous: the address and port of node 0, reachable from every node.
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     #: ZeRO stage (0 = plain DDP, no DeepSpeed).
@@ -156,6 +158,13 @@ class DistributedHardwareSchema(LocalHardwareSchema):
     dry_run: bool = False
     #: Seconds the process group waits for all ranks.
     timeout_s: int = 1800
+    #: Where DeepSpeed keeps the ops it compiles on first use (compiled once, then reused by every run).
+    torch_extensions_dir: str = "${cache_dir}/torch_extensions"
+    #: local: run the launcher on this node now. slurm: write <run dir>/job.sbatch (one torchrun per node,
+    #: c10d rendezvous on the first node) and submit it with sbatch (with dry_run: write it only).
+    submit: str = "local"
+    #: Extra sbatch options with sbatch's own long names, e.g. ``{partition: gpu, time: "24:00:00", account: me}``.
+    sbatch: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
