@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import hydra
 from omegaconf import DictConfig
@@ -29,11 +30,18 @@ _command = "train"
 @hydra.main(config_path="pkg://conf", config_name="config", version_base="1.3")
 def _task(cfg: DictConfig) -> float | None:
     from launchers import launch
+    from trainer import rundir
 
+    started = time.time()
     try:
-        return launch(cfg, _command)
-    except UserError as exc:
-        _fail(str(exc))  # SystemExit passes through Hydra's job runner without its "Error executing job" line
+        launch(cfg, _command)
+    except Exception as exc:
+        if rundir.in_multirun():  # one failed run of a sweep is recorded in its status.json; the others go on
+            return rundir.failed(cfg, _command, started, exc)
+        if isinstance(exc, UserError):
+            _fail(str(exc))  # SystemExit passes through Hydra's job runner without its "Error executing job" line
+        raise
+    return rundir.finished(cfg, _command, started)  # status.json; the configured objective, for Optuna
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,10 +1,11 @@
 """The run directory: one per run. Guards a finished run's results, records the resolved config (secrets
-redacted) and the overrides, and marks the run finished or failed."""
+redacted) and the overrides, and marks the run finished or failed (status.json)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -63,7 +64,60 @@ def task_overrides() -> list[str]:
     return [o for o in HydraConfig.get().overrides.task if not SECRET_KEY.search(o.split("=", 1)[0])]
 
 
-def objective(results: dict) -> float | None:
-    """The number a sweep optimizes: the fine-tuned eval loss when there is one."""
-    value = (results.get("finetuned") or {}).get("eval_loss")
-    return float(value) if value is not None else None
+def objective(results: dict, metric: str = "finetuned.eval_loss") -> float | None:
+    """The number a sweep optimizes: ``metric`` (a dotted path such as ``finetuned.exact_match``) in the
+    results, or None when the run has no such number."""
+    value = results
+    for part in metric.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+# ---------------------------------------------------------------- status.json: how a run (of a sweep) ended
+
+STATUS = "status.json"
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def finished(cfg: DictConfig, command: str, started: float) -> float | None:
+    """Record a run that ended normally (status ok) and return its configured objective from metrics.json."""
+    run_dir = Path(cfg.output_dir)
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    value = objective(metrics, cfg.objective.metric)
+    if value is None and command == "train":
+        log.warning("objective %s is not in %s: this run has no objective value", cfg.objective.metric, metrics_file)
+    _write_status(run_dir, "ok", command, started, objective=value, objective_metric=cfg.objective.metric)
+    return value
+
+
+def failed(cfg: DictConfig, command: str, started: float, exc: Exception) -> None:
+    """Record a failed run of a sweep in status.json (the error, and the traceback of anything that is not a
+    UserError) so that the sweep goes on and its summary reports the failure. Returns None, which Optuna
+    records as a failed trial."""
+    import traceback
+
+    user_error = isinstance(exc, UserError)
+    trace = None if user_error else "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if user_error:
+        log.error("run failed: %s", exc)
+    else:
+        log.error("run failed with %s: %s\n%s", type(exc).__name__, exc, trace)
+    error = str(exc) if user_error else f"{type(exc).__name__}: {exc}"
+    _write_status(Path(cfg.output_dir), "failed", command, started, error=error, traceback=trace)
+    return None
+
+
+def _write_status(run_dir: Path, status: str, command: str, started: float, **fields) -> None:
+    record = {"status": status, "command": command, "overrides": task_overrides(), "pid": os.getpid()}
+    record.update(started=started, finished=time.time())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".{STATUS}.partial"
+    tmp.write_text(json.dumps({**record, **fields}, indent=1, default=str) + "\n")
+    tmp.replace(run_dir / STATUS)

@@ -14,6 +14,7 @@ This module must not import torch (``hydratune --help`` and ``--cfg job`` stay f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from importlib import resources
 from typing import Any
 
@@ -277,6 +278,23 @@ class EvalSchema:
     cache_base: bool = True
 
 
+# ---------------------------------------------------------------- objective
+
+
+class Direction(Enum):
+    minimize = "minimize"
+    maximize = "maximize"
+
+
+@dataclass
+class ObjectiveSchema:
+    #: The number a sweep optimizes and its summary ranks runs by: a dotted path into the run's metrics.json,
+    #: e.g. finetuned.eval_loss, finetuned.exact_match, base.token_f1 (provider runs: job.final.eval_loss).
+    metric: str = "finetuned.eval_loss"
+    #: minimize or maximize the metric.
+    direction: Direction = Direction.minimize
+
+
 # ---------------------------------------------------------------- root
 
 
@@ -300,6 +318,8 @@ class RootSchema:
     overwrite: bool = False
     #: Files written by the run go here (Hydra's run dir).
     output_dir: str = "${hydra:runtime.output_dir}"
+    #: What a sweep optimizes (hparams_search=...) and what its summary table is sorted by.
+    objective: ObjectiveSchema = field(default_factory=ObjectiveSchema)
 
 
 SCHEMAS: dict[tuple[str | None, str], type] = {

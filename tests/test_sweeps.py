@@ -1,0 +1,215 @@
+"""Sweeps through the `hydratune` command: a grid, a failing run, an Optuna search resumed from SQLite, parallel
+runs with the joblib launcher, the SLURM option; the summary (table, plot, cache reuse) they leave."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import hydratune
+from trainer import rundir, sweeps
+from trainer.errors import UserError
+
+TINY = ["model=tiny_random", "train.max_steps=2", "eval.max_examples=4", "eval.generation.max_new_tokens=4"]
+
+
+def multirun(*args: str, sweep_dir: Path, cache: Path) -> str:
+    result = hydratune("-m", *args, *TINY, f"hydra.sweep.dir={sweep_dir}", cache=cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def table(sweep_dir: Path) -> list[dict[str, str]]:
+    with open(sweep_dir / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def logs(sweep_dir: Path) -> list[str]:
+    return [(d / "hydratune.log").read_text() for d in sorted(sweep_dir.glob("[0-9]*"))]
+
+
+def compose_with_hydra(*overrides: str):
+    from hydra import compose, initialize_config_module
+
+    from trainer import schema
+
+    schema.register()
+    with initialize_config_module("conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+# ---------------------------------------------------------------- a 4-run grid
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> Path:
+    # A cache of its own, so that the first run is the one that tokenizes the data and evaluates the base model.
+    cache, sweep_dir = tmp_path_factory.mktemp("grid-cache"), tmp_path_factory.mktemp("grid") / "sweep"
+    multirun(
+        "method=lora,dora", "train.learning_rate=1e-4,3e-4", "hardware.threads=1", sweep_dir=sweep_dir, cache=cache
+    )
+    return sweep_dir
+
+
+def test_grid_gives_one_run_dir_per_combination(grid):
+    runs = sorted(p.name for p in grid.iterdir() if p.is_dir())
+    assert runs == ["0", "1", "2", "3"]
+    combos = set()
+    for run in runs:
+        status = json.loads((grid / run / "status.json").read_text())
+        assert status["status"] == "ok" and status["objective"] is not None
+        assert (grid / run / "metrics.json").is_file() and (grid / run / "report.md").is_file()
+        config = OmegaConf.load(grid / run / "config.yaml")
+        combos.add((config.method.name, config.train.learning_rate))
+    assert combos == {("lora", 1e-4), ("lora", 3e-4), ("dora", 1e-4), ("dora", 3e-4)}
+
+
+def test_grid_summary_is_sorted_by_the_objective_with_a_plot(grid):
+    rows = table(grid)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    losses = [float(r["finetuned.eval_loss"]) for r in rows]
+    assert losses == sorted(losses)
+    assert {(r["method"], float(r["train.learning_rate"])) for r in rows} == {
+        ("lora", 1e-4),
+        ("lora", 3e-4),
+        ("dora", 1e-4),
+        ("dora", 3e-4),
+    }
+    assert (grid / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (grid / "summary.md").read_text()
+    assert f"**Best: run {rows[0]['run']}**" in markdown and "![finetuned.eval_loss" in markdown
+
+
+def test_grid_tokenizes_the_dataset_once_and_evaluates_the_base_model_once(grid):
+    texts = logs(grid)
+    assert sum(t.count("dataset cache miss") for t in texts) == 1
+    assert sum(t.count("dataset cache hit") for t in texts) == 3
+    assert sum(t.count("base evaluation cache hit") for t in texts) == 3
+    rows = table(grid)
+    assert sorted(r["dataset_cache"] for r in rows) == ["hit", "hit", "hit", "miss"]
+    assert sorted(r["base_eval_cache"] for r in rows) == ["hit", "hit", "hit", "miss"]
+    assert (
+        "Dataset tokenized 1 time(s), reused from the cache 3 time(s); base model evaluated 1 time(s), reused "
+        "from the cache 3 time(s)." in (grid / "summary.md").read_text()
+    )
+
+
+def test_summary_can_be_rebuilt_with_another_objective(grid, tmp_path):
+    copy = shutil.copytree(grid, tmp_path / "sweep", ignore=shutil.ignore_patterns("model", "checkpoints"))
+    sweeps.main([str(copy), "finetuned.eval_loss", "maximize"])
+    losses = [float(r["finetuned.eval_loss"]) for r in table(copy)]
+    assert losses == sorted(losses, reverse=True)
+
+
+# ---------------------------------------------------------------- failures
+
+
+def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, cache_dir):
+    sweep_dir = tmp_path / "sweep"
+    multirun("train.learning_rate=3e-4,oops", "hardware.threads=1", sweep_dir=sweep_dir, cache=cache_dir)
+    ok, failed = (json.loads((sweep_dir / n / "status.json").read_text()) for n in ("0", "1"))
+    assert ok["status"] == "ok" and (sweep_dir / "0" / "metrics.json").is_file()
+    assert failed["status"] == "failed" and "train.learning_rate='oops'" in failed["error"]
+    assert failed["traceback"] is None  # a UserError: its one paragraph says it all
+    rows = {r["run"]: r for r in table(sweep_dir)}
+    assert rows["0"]["status"] == "ok" and rows["1"]["status"] == "failed"
+    assert "train.learning_rate='oops'" in rows["1"]["error"]
+    assert "run 1 failed: train.learning_rate='oops'" in (sweep_dir / "summary.md").read_text()
+
+
+def test_an_unexpected_error_is_recorded_with_its_traceback(tmp_path):
+    cfg = OmegaConf.create({"output_dir": str(tmp_path)})
+
+    def crash():
+        raise RuntimeError("CUDA out of memory")
+
+    try:
+        crash()
+    except RuntimeError as exc:
+        assert rundir.failed(cfg, "train", 0.0, exc) is None  # None: Optuna records a failed trial
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["error"] == "RuntimeError: CUDA out of memory"
+    assert "in crash" in status["traceback"]
+    rundir.failed(cfg, "train", 0.0, UserError("bad data"))
+    assert json.loads((tmp_path / "status.json").read_text())["traceback"] is None
+
+
+def test_objective_is_a_dotted_path_into_the_metrics():
+    metrics = {"finetuned": {"eval_loss": 1.5, "exact_match": 0}, "job": {"final": {"eval_loss": 2}}, "ok": True}
+    assert rundir.objective(metrics) == 1.5
+    assert rundir.objective(metrics, "finetuned.exact_match") == 0.0
+    assert rundir.objective(metrics, "job.final.eval_loss") == 2.0
+    assert rundir.objective(metrics, "finetuned.token_f1") is None
+    assert rundir.objective(metrics, "ok") is None
+
+
+# ---------------------------------------------------------------- Optuna
+
+
+@pytest.mark.parametrize(
+    "option", sorted(p.stem for p in (Path(sweeps.__file__).parents[1] / "conf/hparams_search").glob("*.yaml"))
+)
+def test_hparams_search_options_compose_and_name_real_keys(option):
+    cfg = compose_with_hydra(f"hparams_search={option}")
+    sweeper = cfg.hydra.sweeper
+    assert "optuna" in sweeper._target_
+    assert sweeper.direction == cfg.objective.direction
+    for key in sweeper.params:
+        assert OmegaConf.select(cfg, key) is not None, f"{option}: {key} is not a key of the composed config"
+
+
+def test_optuna_search_writes_best_parameters_and_resumes_from_sqlite(tmp_path, cache_dir):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    search = ["hparams_search=lora_lr", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=resume"]
+    multirun(*search, "hydra.sweeper.n_trials=4", "hardware.threads=1", sweep_dir=tmp_path / "a", cache=cache_dir)
+    best = OmegaConf.load(tmp_path / "a" / "optimization_results.yaml")
+    assert set(best.best_params) == {"train.learning_rate", "method.peft.r"}
+    rows = table(tmp_path / "a")
+    assert len(rows) == 4 and float(rows[0]["finetuned.eval_loss"]) == pytest.approx(best.best_value)
+
+    out = multirun(*search, "hydra.sweeper.n_trials=1", "hardware.threads=1", sweep_dir=tmp_path / "b", cache=cache_dir)
+    assert "Using an existing study" in out
+    study = optuna.load_study(study_name="resume", storage=storage)
+    assert len(study.trials) == 5
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+# ---------------------------------------------------------------- launchers
+
+
+def test_joblib_launcher_runs_two_jobs_in_parallel_sharing_the_cores(tmp_path, cache_dir):
+    sweep_dir = tmp_path / "sweep"
+    multirun("hydra/launcher=parallel", "train.learning_rate=1e-4,3e-4", sweep_dir=sweep_dir, cache=cache_dir)
+    runs = [json.loads((sweep_dir / n / "status.json").read_text()) for n in ("0", "1")]
+    assert all(r["status"] == "ok" for r in runs)
+    assert runs[0]["pid"] != runs[1]["pid"]
+    # Both were running at the same time: each started before the other finished.
+    assert max(r["started"] for r in runs) < min(r["finished"] for r in runs)
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    for n in ("0", "1"):
+        assert f"hardware.threads={threads}" in json.loads((sweep_dir / n / "overrides.json").read_text())
+        assert OmegaConf.load(sweep_dir / n / "config.yaml").hardware.threads == threads
+
+
+def test_threads_per_job():
+    assert sweeps.threads_per_job(2, 16) == 8
+    assert sweeps.threads_per_job(-1, 16) == 1
+    assert sweeps.threads_per_job(-2, 16) == 1
+    assert sweeps.threads_per_job(32, 16) == 1
+
+
+def test_slurm_launcher_option_composes():
+    from hydra.utils import get_class
+
+    cfg = compose_with_hydra("hydra/launcher=slurm", "hydra.launcher.partition=gpu")
+    launcher = cfg.hydra.launcher
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.timeout_min == 240
+    assert get_class(launcher._target_).__name__ == "SlurmLauncher"
