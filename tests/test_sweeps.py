@@ -182,6 +182,17 @@ def test_optuna_search_writes_best_parameters_and_resumes_from_sqlite(tmp_path, 
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
 
 
+def test_optuna_records_a_failed_trial_and_the_search_goes_on(tmp_path, cache_dir):
+    sweep_dir = tmp_path / "sweep"
+    search = ["hparams_search=lora_lr", "hydra.sweeper.n_trials=3", "train.weight_decay=choice(0.0,oops)"]
+    out = multirun(*search, "hardware.threads=1", sweep_dir=sweep_dir, cache=cache_dir)
+    rows = table(sweep_dir)
+    # Seeded sampler: trials 0 and 1 draw weight_decay 0.0, trial 2 draws 'oops'.
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed"] and rows[2]["run"] == "2"
+    assert "train.weight_decay='oops'" in rows[2]["error"]
+    assert (sweep_dir / "optimization_results.yaml").is_file() and "Best value" in out
+
+
 # ---------------------------------------------------------------- launchers
 
 
@@ -204,6 +215,24 @@ def test_threads_per_job():
     assert sweeps.threads_per_job(-1, 16) == 1
     assert sweeps.threads_per_job(-2, 16) == 1
     assert sweeps.threads_per_job(32, 16) == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "threads"),
+    [
+        (["hydra/launcher=parallel"], max(1, (os.cpu_count() or 1) // 2)),
+        (["hydra/launcher=parallel", "hydra.launcher.n_jobs=-1"], 1),
+        (["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=6"], 6),
+        (["hydra/launcher=slurm", "hardware.threads=3"], None),  # the user's own choice stays
+        ([], None),  # runs one after another: every core
+    ],
+)
+def test_sweep_callback_sets_threads_per_run(overrides, threads):
+    cfg = compose_with_hydra(*overrides)
+    before = list(cfg.hydra.overrides.task)
+    sweeps.share_threads(cfg)
+    added = list(cfg.hydra.overrides.task)[len(before) :]
+    assert added == ([f"hardware.threads={threads}"] if threads else [])
 
 
 def test_slurm_launcher_option_composes():

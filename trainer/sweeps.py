@@ -51,8 +51,8 @@ class Run:
 
 
 class SweepCallback(Callback):
-    """Hydra callback (conf/config.yaml, hydra.callbacks): shares the cores among parallel runs when a multirun
-    starts and writes the sweep summary when it ends."""
+    """Hydra callback (conf/config.yaml, hydra.callbacks): sets each run's CPU threads when a multirun starts
+    (parallel and SLURM launchers) and writes the sweep summary when it ends."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         share_threads(config)
@@ -69,19 +69,24 @@ class SweepCallback(Callback):
 
 
 def share_threads(config: DictConfig) -> None:
-    """With a parallel launcher (joblib), add ``hardware.threads=<cores // n_jobs>`` to the sweep's overrides
-    (unless the command line sets hardware.threads): every run then says in its config and overrides.json how
-    many threads it used, and n_jobs runs never start n_jobs x cores spin-waiting OpenMP threads."""
+    """Add ``hardware.threads=N`` to the sweep's overrides (unless the command line sets hardware.threads) where
+    "every core" would be wrong: with the parallel (joblib) launcher N = cores // n_jobs, so that n_jobs runs
+    never start n_jobs x cores spin-waiting OpenMP threads; on SLURM N = the job's cpus_per_task, not the node's
+    cores. Every run then says in its config and overrides.json how many threads it used."""
     launcher = config.hydra.launcher
-    if "joblib" not in str(launcher.get("_target_", "")):
+    target = str(launcher.get("_target_", ""))
+    if "joblib" in target:
+        threads = threads_per_job(int(launcher.get("n_jobs") or -1), os.cpu_count() or 1)
+    elif target.endswith("SlurmLauncher") and launcher.get("cpus_per_task"):
+        threads = int(launcher.cpus_per_task)
+    else:
         return
     task = config.hydra.overrides.task
     if any(str(o).lstrip("+~").startswith("hardware.threads=") for o in task):
         return
-    threads = threads_per_job(int(launcher.get("n_jobs") or -1), os.cpu_count() or 1)
     with read_write(task):
         task.append(f"hardware.threads={threads}")
-    log.info("parallel launcher: %s runs at a time, hardware.threads=%d each", launcher.get("n_jobs"), threads)
+    log.info("%s: hardware.threads=%d for each run", target.rsplit(".", 1)[-1], threads)
 
 
 def threads_per_job(n_jobs: int, cores: int) -> int:
