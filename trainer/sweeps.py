@@ -126,7 +126,7 @@ def read_run(run_dir: Path, metric: str) -> Run:
             value = objective(metrics, f"{section}.{name}")
             if value is not None and f"{section}.{name}" != metric:
                 run.metrics[f"{section}.{name}"] = value
-    data = metrics.get("data") or {}
+    data = metrics.get("data") or _json(run_dir / "data_stats.json")  # the latter: `hydratune prepare` runs
     if "cache_hit" in data:
         run.dataset_cache = "hit" if data["cache_hit"] else "miss"
     if "base" in metrics:
