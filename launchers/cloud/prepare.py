@@ -52,11 +52,11 @@ def prepare(cfg: Any, run_dir: Path) -> Prepared:
         provider_data.validate(train, "train") + provider_data.validate(validation, "validation")
     )
     enc = tokens.get_encoding(cfg.model.encoding)
-    counts = tokens.count_rows(train, enc)
+    counts, assistant = tokens.count_examples(train, enc)
     model = provider_model(cfg)
     prices = {str(k): float(v) for k, v in hw.price_per_million_training_tokens.items()}
     estimate = pricing.estimate(model, counts, cfg.model.max_context, hw.n_epochs, prices)
-    stats = _stats(train, counts, enc)
+    stats = _stats(train, counts, assistant)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_sha = provider_data.write_jsonl(run_dir / TRAIN_FILE, train)
     val_path = run_dir / VALIDATION_FILE if validation else None
@@ -71,9 +71,7 @@ def prepare(cfg: Any, run_dir: Path) -> Prepared:
     return Prepared(train, validation, run_dir / TRAIN_FILE, train_sha, val_path, val_sha, estimate, stats)
 
 
-def _stats(rows: list[dict[str, Any]], counts: list[int], enc: Any) -> dict[str, Any]:
-    assistant = [tokens.assistant_tokens(tokens.example_messages(r), enc) for r in rows]
-
+def _stats(rows: list[dict[str, Any]], counts: list[int], assistant: list[int]) -> dict[str, Any]:
     def summary(values: list[int]) -> dict[str, float]:
         if not values:
             return {"min": 0, "mean": 0.0, "median": 0.0, "max": 0}

@@ -16,12 +16,13 @@ from trainer.errors import UserError
 
 ROLES = ("system", "user", "assistant", "function", "tool")
 MESSAGE_KEYS = ("role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id")
+_KEYS = frozenset(MESSAGE_KEYS)
 _MAX_LISTED = 20
 
 
 def to_supervised(row: dict[str, Any]) -> dict[str, Any]:
     if "messages" in row:
-        return {"messages": [dict(m) for m in row["messages"]]}
+        return row if len(row) == 1 else {"messages": row["messages"]}  # canonical rows are not changed later
     if "prompt" in row and "completion" in row and isinstance(row["prompt"], str):
         return {
             "messages": [
@@ -101,9 +102,29 @@ def check_messages(messages: Any, where: str) -> list[str]:
     return errors
 
 
+def _clean(messages: Any) -> bool:
+    """True for a chat whose messages all pass :func:`check_messages` without weights (the common case, no strings).
+
+    Anything else (weights, tool calls, any problem) goes through the full checks.
+    """
+    if type(messages) is not list or not messages:
+        return False
+    for m in messages:
+        if type(m) is not dict or "weight" in m or not m.keys() <= _KEYS or m.get("role") not in ROLES:
+            return False
+        content = m.get("content")
+        if type(content) is not str or not content:
+            return False
+    return True
+
+
 def validate(rows: list[dict[str, Any]], split: str) -> list[str]:
     errors = []
     for n, row in enumerate(rows, 1):
+        if "input" not in row:
+            messages = row.get("messages")
+            if _clean(messages) and any(m["role"] == "assistant" for m in messages):
+                continue
         where = f"{split} example {n}"
         if "input" in row:
             errors += check_messages(row["input"].get("messages"), where + " input")
@@ -132,7 +153,8 @@ def raise_if_invalid(errors: list[str]) -> None:
 
 def jsonl_bytes(rows: list[dict[str, Any]]) -> bytes:
     """Deterministic JSONL: the same rows always give the same bytes (and so the same sha256)."""
-    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8")
+    encode = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode  # = json.dumps with these options
+    return "".join([encode(r) + "\n" for r in rows]).encode("utf-8")
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:

@@ -15,6 +15,8 @@ import hashlib
 import importlib.util
 import os
 import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,9 @@ EXPECTED_SHA256 = {
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 TOKENS_PER_CONVERSATION = 3
+#: Texts per batch handed to a thread when counting many rows, and the most threads used.
+BATCH = 4096
+MAX_THREADS = 8
 
 
 def tiktoken_cache_dir() -> str:
@@ -97,28 +102,34 @@ def get_encoding(name: str) -> Any:
 
 
 def _count(enc: Any, text: str) -> int:
-    return len(enc.encode(text, disallowed_special=()))
+    return len(enc.encode_ordinary(text))  # = enc.encode(text, disallowed_special=()): special tokens as text
 
 
 def message_tokens(messages: list[dict[str, Any]], enc: Any) -> int:
     """Tokens of a conversation, with OpenAI's documented overheads."""
+    return _message_tokens(messages, lambda text: _count(enc, text))
+
+
+def _message_tokens(messages: list[dict[str, Any]], count: Callable[[str], int]) -> int:
     total = TOKENS_PER_CONVERSATION
     for message in messages:
         total += TOKENS_PER_MESSAGE
         for key, value in message.items():
             if not isinstance(value, str):
                 continue  # weight: 0/1 and other non-text fields take no tokens
-            total += _count(enc, value)
+            total += count(value)
             if key == "name":
                 total += TOKENS_PER_NAME
     return total
 
 
 def assistant_tokens(messages: list[dict[str, Any]], enc: Any) -> int:
+    return _assistant_tokens(messages, lambda text: _count(enc, text))
+
+
+def _assistant_tokens(messages: list[dict[str, Any]], count: Callable[[str], int]) -> int:
     return sum(
-        _count(enc, m["content"])
-        for m in messages
-        if m.get("role") == "assistant" and isinstance(m.get("content"), str)
+        count(m["content"]) for m in messages if m.get("role") == "assistant" and isinstance(m.get("content"), str)
     )
 
 
@@ -130,4 +141,40 @@ def example_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def count_rows(rows: list[dict[str, Any]], enc: Any) -> list[int]:
-    return [message_tokens(example_messages(row), enc) for row in rows]
+    return count_examples(rows, enc)[0]
+
+
+def count_examples(rows: list[dict[str, Any]], enc: Any) -> tuple[list[int], list[int]]:
+    """(tokens, assistant tokens) of each row, as :func:`message_tokens` and :func:`assistant_tokens` count them.
+
+    Each distinct text is encoded once (roles, a system prompt shared by every row), in batches on every core.
+    """
+    conversations = [example_messages(row) for row in rows]
+    counts = text_counts(
+        [value for messages in conversations for m in messages for value in m.values() if isinstance(value, str)],
+        enc,
+    )
+    count = counts.__getitem__
+    return (
+        [_message_tokens(messages, count) for messages in conversations],
+        [_assistant_tokens(messages, count) for messages in conversations],
+    )
+
+
+def text_counts(texts: list[str], enc: Any) -> dict[str, int]:
+    """The token count of each distinct text (encoded without special-token handling, like :func:`_count`)."""
+    unique = list(dict.fromkeys(texts))
+    threads = min(MAX_THREADS, _cores())
+    if threads < 2 or len(unique) < 2 * BATCH:
+        return dict(zip(unique, map(len, map(enc.encode_ordinary, unique)), strict=True))
+    batches = [unique[i : i + BATCH] for i in range(0, len(unique), BATCH)]
+
+    def lengths(batch: list[str]) -> list[int]:
+        return [len(tokens) for tokens in map(enc.encode_ordinary, batch)]  # tiktoken lets go of the GIL
+
+    with ThreadPoolExecutor(threads) as pool:
+        return dict(zip(unique, (n for part in pool.map(lengths, batches) for n in part), strict=True))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

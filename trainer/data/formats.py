@@ -130,6 +130,11 @@ def _chat(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
             raise Invalid(f"'{what}' is empty")
         out, problems = [], []
         for i, message in enumerate(value, 1):
+            if type(message) is dict and len(message) == 2:  # the common {role, content}: checked inline
+                role, content = message.get(role_key), message.get(content_key)
+                if type(role) is str and role in roles and type(content) is str and content and not content.isspace():
+                    out.append({"role": roles[role], "content": content})
+                    continue
             if not isinstance(message, dict):
                 problems.append(f"message {i} is not an object (got {_type(message)})")
                 continue

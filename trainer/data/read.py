@@ -82,34 +82,42 @@ def _empty(path: Path) -> UserError:
 def _read_jsonl(path: Path, data: bytes) -> Iterator[Record]:
     if not data.strip():
         raise _empty(path)
-    lines = data.split(b"\n")
-    first = next((i for i, line in enumerate(lines) if line.strip()), 0)
+    try:
+        text = data.decode("utf-8")  # the whole file at once; per line only when some line is not UTF-8
+    except UnicodeDecodeError:
+        text = None
+    lines = text.split("\n") if text is not None else data.split(b"\n")
+    blank = " \t\n\r\x0b\x0c" if text is not None else b" \t\n\r\x0b\x0c"  # what bytes.strip() strips
+    first = next((i for i, line in enumerate(lines) if line.strip(blank)), 0)
     _sniff_first_line(path, lines[first], first + 1, data)
     loads = json.loads
     last = len(lines) - 1
+    prefix = f"{path}:"
     for number, raw in enumerate(lines, 1):
-        if not raw.strip():
+        if not raw.strip(blank):
             continue
-        where = f"{path}:{number}"
+        if text is None:
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield (
+                    f"{prefix}{number}",
+                    Bad(
+                        f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); save the file as UTF-8"
+                    ),
+                )
+                continue
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield (
-                where,
-                Bad(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); save the file as UTF-8"),
-            )
-            continue
-        try:
-            yield where, loads(text)
+            yield f"{prefix}{number}", loads(raw)
         except json.JSONDecodeError as exc:
-            cut = number - 1 == last or exc.msg.startswith(("Unterminated", "Expecting")) and exc.pos >= len(text) - 2
+            cut = number - 1 == last or exc.msg.startswith(("Unterminated", "Expecting")) and exc.pos >= len(raw) - 2
             hint = " - the line looks cut off (truncated)" if cut else ""
-            yield where, Bad(f"not valid JSON: {exc.msg} at column {exc.colno}{hint}")
+            yield f"{prefix}{number}", Bad(f"not valid JSON: {exc.msg} at column {exc.colno}{hint}")
 
 
-def _sniff_first_line(path: Path, line: bytes, number: int, data: bytes) -> None:
+def _sniff_first_line(path: Path, line: str | bytes, number: int, data: bytes) -> None:
     """Catch whole-file mistakes (a CSV or a JSON array saved as .jsonl) once instead of on every line."""
-    text = line.strip().decode("utf-8", "replace")
+    text = (line if isinstance(line, str) else line.decode("utf-8", "replace")).strip(" \t\n\r\x0b\x0c")
     try:
         json.loads(text)
         return

@@ -105,5 +105,10 @@ def row_warnings(rows: list[dict], ignored: Counter) -> list[str]:
     return out
 
 
+#: One encoder for every key (``json.dumps`` with these options would build a new one per row).
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
+
+
 def canonical_key(row: dict) -> str:
-    return json.dumps(row, sort_keys=True, ensure_ascii=False)
+    """The row as sorted-key JSON: equal rows, equal keys (same text as ``json.dumps(row, sort_keys=True, ...)``)."""
+    return _KEY_ENCODER.encode(row)
