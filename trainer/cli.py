@@ -22,7 +22,9 @@ from trainer.errors import UserError, explain_composition_error
 
 #: Act on the provider job a cloud run dir recorded: `hydratune job-status hydra.run.dir=DIR`.
 JOB_COMMANDS = ("job-status", "job-attach", "job-cancel")
-COMMANDS = ("train", "prepare", "eval", *JOB_COMMANDS)
+#: Tools that write files instead of running: `hydratune convert-autotrain PATH [--out FILE]` (trainer/autotrain.py).
+TOOL_COMMANDS = ("convert-autotrain",)
+COMMANDS = ("train", "prepare", "eval", *JOB_COMMANDS, *TOOL_COMMANDS)
 _PASS_THROUGH = tuple(f"{node}." for node in ("train", "method.peft", "method.quantization"))
 _command = "train"
 
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         _command = word
     if _command in JOB_COMMANDS:
         return _job(_command, args)
+    if _command in TOOL_COMMANDS:
+        return _convert_autotrain(args)
     args = [_pass_through(arg) for arg in args]
     schema.register()
     # Hydra prints composition errors with a hint to set HYDRA_FULL_ERROR; we catch them ourselves instead and
@@ -83,6 +87,15 @@ def _job(word: str, args: list[str]) -> None:
 
     try:
         job_main(word.removeprefix("job-"), args)
+    except UserError as exc:
+        _fail(str(exc))
+
+
+def _convert_autotrain(args: list[str]) -> None:
+    from trainer import autotrain
+
+    try:
+        autotrain.main(args)
     except UserError as exc:
         _fail(str(exc))
 
