@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING
 
 from trainer.errors import UserError
+
+if TYPE_CHECKING:  # imported by bench/gpu_check.py on machines without omegaconf
+    from omegaconf import DictConfig
 
 
 def build(hardware: DictConfig) -> dict | None:
