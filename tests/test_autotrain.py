@@ -1,0 +1,198 @@
+"""`hydratune convert-autotrain`: AutoTrain llm-sft configs convert to experiments that compose (and run), with
+AutoTrain's defaults filled in; what cannot be mapped stops with one paragraph naming the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from tests.conftest import ASSETS, REPO, compose, hydratune
+from trainer import autotrain
+from trainer.config_checks import check_config
+from trainer.errors import UserError
+
+AUTOTRAIN = ASSETS / "autotrain"
+
+
+def converted(tmp_path: Path, asset: str, *overrides: str, spec: dict | None = None):
+    """Convert an asset (or ``spec``) into tmp_path/experiment/NAME.yaml; compose `experiment=NAME` from there."""
+    spec = spec if spec is not None else yaml.safe_load((AUTOTRAIN / f"{asset}.yml").read_text())
+    text = autotrain.convert(spec, f"{asset}.yml")
+    (tmp_path / "experiment").mkdir(exist_ok=True)
+    (tmp_path / "experiment" / f"{asset}.yaml").write_text(text)
+    cfg = compose(f"experiment={asset}", f"hydra.searchpath=[file://{tmp_path}]", *overrides)
+    check_config(cfg)
+    return cfg, text
+
+
+def test_chat_messages_column(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg, _ = converted(tmp_path, "chat_messages")
+    assert (cfg.model.name_or_path, cfg.model.chat_template, cfg.run_name) == (
+        "HuggingFaceTB/SmolLM2-1.7B-Instruct",
+        None,  # chat_template: tokenizer keeps the tokenizer's own
+        "autotrain-smollm2-finetune",
+    )
+    d = cfg.dataset
+    assert (d.format, d.path, d.validation_split, d.train_on_all_tokens) == (
+        "chat",
+        "HuggingFaceH4/no_robots",
+        "test",
+        True,
+    )
+    assert (cfg.method.name, cfg.logger.name, cfg.eval.enabled) == ("full", "tensorboard", True)
+    train = OmegaConf.to_container(cfg.train)
+    assert train["learning_rate"] == 1e-5 and isinstance(train["learning_rate"], float)  # YAML reads 1e-5 as a string
+    expected = {
+        "num_train_epochs": 2, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 8, "max_length": 2048,
+        "optim": "paged_adamw_8bit", "bf16": True, "packing": True, "warmup_steps": 0.1, "eval_strategy": "epoch",
+        "load_best_model_at_end": True, "activation_checkpointing": True,
+    }  # fmt: skip
+    assert {k: train[k] for k in expected} == expected
+
+
+def test_plain_text_column_converts_and_trains(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg, text = converted(tmp_path, "plain_text")
+    d = cfg.dataset
+    assert (d.format, d.path, d.validation_size, cfg.eval.enabled) == (
+        "text",
+        "examples/autotrain_llm_sft/data/train.csv",  # AutoTrain's local layout: DIR/train.csv
+        0,
+        False,
+    )
+    assert (cfg.train.fp16, cfg.train.bf16, cfg.train.max_length) == (True, False, 1024)
+    assert "max_prompt_length=512 is a DPO/ORPO setting" in text  # ignored as AutoTrain does, and said so
+
+    # the command: convert with --out into a config dir, then train the converted experiment on the tiny model
+    out = tmp_path / "conf" / "experiment" / "guanaco.yaml"
+    result = hydratune("convert-autotrain", str(AUTOTRAIN / "plain_text.yml"), "--out", str(out), cache=cache_dir)
+    assert result.returncode == 0, result.stderr
+    assert f"hydratune experiment=guanaco 'hydra.searchpath=[file://{tmp_path / 'conf'}]'" in result.stdout
+    run = tmp_path / "run"
+    result = hydratune(
+        "experiment=guanaco", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "model=tiny_random",
+        "hardware=cpu", "hardware.threads=1", "train.max_steps=2", "train.fp16=false", f"hydra.run.dir={run}",
+        cache=cache_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "model" / "model.safetensors").is_file()  # peft: false -> full fine-tuning
+    assert json.loads((run / "data_stats.json").read_text())["packing"] is True
+
+
+def test_peft_int4_and_the_hub_token_is_never_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_USERNAME", "someone")
+    spec = yaml.safe_load((AUTOTRAIN / "peft_int4.yml").read_text())
+    spec["hub"]["token"] = "hf_SECRET0123456789"
+    cfg, text = converted(tmp_path, "peft_int4", spec=spec)
+    assert "hf_SECRET" not in text and "HF_TOKEN" in text
+    assert (cfg.model.name_or_path, cfg.model.chat_template, cfg.method.name) == (
+        "codellama/CodeLlama-7b-hf",  # hydratune's own codellama_7b option (dtype, template settings)
+        "chatml",
+        "qlora",
+    )
+    q = cfg.method.quantization
+    assert (q.load_in_4bit, q.bnb_4bit_quant_type, q.bnb_4bit_compute_dtype, q.bnb_4bit_use_double_quant) == (
+        True,
+        "nf4",
+        "float16",  # AutoTrain's int4
+        False,
+    )
+    p = cfg.method.peft
+    assert (p.r, p.lora_alpha, p.lora_dropout, list(p.target_modules)) == (
+        256,
+        128,
+        0.05,
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+    )
+    assert (cfg.train.push_to_hub, cfg.train.hub_model_id, cfg.train.hub_private_repo) == (
+        True,
+        "someone/codellama-sql-qlora",
+        True,
+    )
+    assert (cfg.train.max_grad_norm, cfg.train.warmup_steps, cfg.logger.name, cfg.logger.logging_steps) == (
+        0.3,
+        0.03,
+        "wandb",
+        10,
+    )
+
+
+def test_merge_adapter_and_the_older_task_llm_form(tmp_path):
+    cfg, _ = converted(tmp_path, "merge_adapter")
+    assert (cfg.method.name, cfg.method.merge_adapter, cfg.method.quantization, cfg.method.peft.r) == (
+        "lora",
+        True,
+        None,
+        16,
+    )
+    assert (cfg.model.name_or_path, cfg.seed, cfg.train.activation_checkpointing) == (
+        "Qwen/Qwen2.5-1.5B-Instruct",
+        7,
+        False,
+    )
+    assert (cfg.dataset.format, cfg.dataset.validation_split, cfg.train.eval_strategy) == ("text", "test", "epoch")
+
+
+def test_int8_and_distributed_backend(tmp_path):
+    spec = yaml.safe_load((AUTOTRAIN / "merge_adapter.yml").read_text())
+    spec["params"].update(quantization="int8", distributed_backend="ddp")
+    cfg, _ = converted(tmp_path, "int8", "hardware.device=cuda", spec=spec)
+    assert (cfg.method.quantization.load_in_8bit, cfg.method.quantization.load_in_4bit) == (True, False)
+    assert cfg.hardware.name == "ddp"
+
+
+def test_an_unmappable_key_is_one_paragraph_naming_it(tmp_path, cache_dir):
+    with pytest.raises(UserError, match=r"params\.use_sweep has no hydratune equivalent"):
+        autotrain.convert(yaml.safe_load((AUTOTRAIN / "unmappable.yml").read_text()), "unmappable.yml")
+    result = hydratune(
+        "convert-autotrain", str(AUTOTRAIN / "unmappable.yml"), "--out", str(tmp_path / "x.yaml"), cache=cache_dir
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "params.use_sweep" in result.stderr
+    assert not (tmp_path / "x.yaml").exists()
+
+
+@pytest.mark.parametrize("asset", ["dpo", "orpo"])
+def test_preference_tasks_say_there_is_no_local_preference_objective(asset):
+    with pytest.raises(UserError, match="no local preference objective") as err:
+        autotrain.convert(yaml.safe_load((AUTOTRAIN / f"{asset}.yml").read_text()), f"{asset}.yml")
+    assert "hardware=openai hardware.objective=dpo" in str(err.value)
+
+
+BASE = {"task": "llm-sft", "base_model": "gpt2", "data": {"path": "org/data"}}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"backend": "spaces-a10g-large"}, "backend=spaces-a10g-large cannot be converted"),
+        ({"params": {"padding": "left"}}, "params.padding=left cannot be converted"),
+        ({"params": {"unsloth": True}}, "params.unsloth=true cannot be converted"),
+        ({"params": {"lr": "fast"}}, "params.lr='fast' should be a number"),
+        ({"data": {"path": "org/data", "train_split": "en:train"}}, "names a dataset configuration"),
+        ({"data": {"path": "org/data", "column_mapping": {"label_column": "y"}}}, "data.column_mapping.label_column"),
+        ({"task": "text-classification"}, "task=text-classification cannot be converted"),
+        ({"hub": {"push_to_hub": True}}, "needs hub.username"),
+        ({"wandb": {"project": "x"}}, "wandb has no hydratune equivalent"),
+    ],
+)
+def test_what_cannot_be_mapped_is_named(change, message):
+    with pytest.raises(UserError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        autotrain.convert({**BASE, **change}, "c.yml")
+
+
+def test_out_is_not_overwritten_without_force(tmp_path, monkeypatch):
+    out = tmp_path / "experiment" / "mine.yaml"
+    autotrain.main([str(AUTOTRAIN / "chat_messages.yml"), "--out", str(out)])
+    with pytest.raises(UserError, match="already exists"):
+        autotrain.main([str(AUTOTRAIN / "chat_messages.yml"), "--out", str(out)])
+    autotrain.main([str(AUTOTRAIN / "chat_messages.yml"), "--out", str(out), "--force"])
+    with pytest.raises(UserError, match="is not valid YAML"):
+        bad = tmp_path / "bad.yml"
+        bad.write_text("task: [llm-sft\n")
+        autotrain.main([str(bad)])
