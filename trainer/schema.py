@@ -164,7 +164,8 @@ class DistributedHardwareSchema(LocalHardwareSchema):
     #: local: run the launcher on this node now. slurm: write <run dir>/job.sbatch (one torchrun per node,
     #: c10d rendezvous on the first node) and submit it with sbatch (with dry_run: write it only).
     submit: str = "local"
-    #: Extra sbatch options with sbatch's own long names: ``+hardware.sbatch.partition=gpu +hardware.sbatch.time=24:00:00``.
+    #: Extra sbatch options with sbatch's own long names:
+    #: ``+hardware.sbatch.partition=gpu +hardware.sbatch.time=24:00:00``.
     sbatch: dict[str, Any] = field(default_factory=dict)
 
 
