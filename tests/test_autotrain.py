@@ -196,3 +196,15 @@ def test_out_is_not_overwritten_without_force(tmp_path, monkeypatch):
         bad = tmp_path / "bad.yml"
         bad.write_text("task: [llm-sft\n")
         autotrain.main([str(bad)])
+
+
+def test_the_examples_autotrain_config_converts(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    spec = yaml.safe_load((REPO / "examples" / "autotrain_llm_sft" / "autotrain.yml").read_text())
+    cfg, _ = converted(tmp_path, "example", spec=spec)
+    assert (cfg.method.name, cfg.method.merge_adapter, cfg.train.max_length, cfg.train.learning_rate) == (
+        "lora",
+        True,
+        512,
+        2e-4,
+    )

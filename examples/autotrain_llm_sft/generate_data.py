@@ -25,7 +25,9 @@ FACTS = [
 def main() -> None:
     rows = []
     for country, capital, currency in FACTS:
-        rows.append(f"### Human: What is the capital of {country}?### Assistant: The capital of {country} is {capital}.")
+        rows.append(
+            f"### Human: What is the capital of {country}?### Assistant: The capital of {country} is {capital}."
+        )
         rows.append(f"### Human: Which currency is used in {country}?### Assistant: {country} uses the {currency}.")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     with OUT.open("w", newline="", encoding="utf-8") as f:

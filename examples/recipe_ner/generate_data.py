@@ -65,7 +65,9 @@ STEPS = [
 
 def row(i: int, rng: random.Random) -> dict:
     generic = rng.sample(sorted(INGREDIENTS), rng.randint(3, 7))
-    lines = [f"{rng.choice(AMOUNTS)} {rng.choice(UNITS)} {rng.choice(INGREDIENTS[g])}".replace("  ", " ") for g in generic]
+    lines = [
+        f"{rng.choice(AMOUNTS)} {rng.choice(UNITS)} {rng.choice(INGREDIENTS[g])}".replace("  ", " ") for g in generic
+    ]
     title = f"{rng.choice(ADJECTIVES)} {generic[0].title()} {rng.choice(DISHES)}"
     steps = [s.format(a=generic[0], b=generic[1], c=generic[2]) for s in rng.sample(STEPS, 4)]
     return {

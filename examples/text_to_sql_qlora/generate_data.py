@@ -23,8 +23,8 @@ TABLES = {
 }
 TEMPLATES = [
     ("How many {what} have a {num} above {n} ?", "SELECT COUNT(*) FROM {t} WHERE {num} > {n}"),
-    ("What is the total {num} when the {text} is {v}?", "SELECT SUM({num}) FROM {t} WHERE {text} = \"{v}\""),
-    ("What is the lowest {num} for {v}?", "SELECT MIN({num}) FROM {t} WHERE {text} = \"{v}\""),
+    ("What is the total {num} when the {text} is {v}?", 'SELECT SUM({num}) FROM {t} WHERE {text} = "{v}"'),
+    ("What is the lowest {num} for {v}?", 'SELECT MIN({num}) FROM {t} WHERE {text} = "{v}"'),
     ("Which {text} has a {num} of {n}?", "SELECT {text} FROM {t} WHERE {num} = {n}"),
     ("List the {text} of {what} with {num} below {n}.", "SELECT {text} FROM {t} WHERE {num} < {n}"),
 ]
