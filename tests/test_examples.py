@@ -55,7 +55,7 @@ def test_recipe_ner_composes_to_the_cookbook(monkeypatch):
     t = cfg.dataset.templates
     assert (t.system, t.assistant) == (RECIPE_SYSTEM, "{NER}")
     assert t.user == "Title: {title}\n\nIngredients: {ingredients}\n\nGeneric ingredients: "
-    assert (cfg.dataset.validation_size, cfg.dataset.max_train_examples) == (100, 101)
+    assert (list(cfg.dataset.train_rows), list(cfg.dataset.validation_rows)) == ([0, 101], [101, 201])
     assert cfg.eval.compare_base and cfg.eval.max_examples is None
 
     data = examples_of(cfg)
@@ -70,7 +70,7 @@ def test_recipe_ner_composes_to_the_cookbook(monkeypatch):
         {"role": "user", "content": user},
         {"role": "assistant", "content": first["NER"]},
     ]
-    assert expected in [row["messages"] for row in data.train + data.validation]
+    assert data.train[0]["messages"] == expected  # row 0 trains; rows 101-200 validate, in file order
     assert compose("experiment=recipe_ner", "dataset.path=data/recipes.csv").dataset.path == "data/recipes.csv"
 
 

@@ -91,6 +91,11 @@ class DatasetSchema(SourceSchema):
     validation_path: str | None = None
     #: ... or a named split of the source ...
     validation_split: str | None = None
+    #: ... or a range of the source's own rows, [start, stop) in file order (0 = the first data row), as in
+    #: tutorials that train on rows 0-100 and validate on rows 101-200 ...
+    validation_rows: list[int] | None = None
+    #: (train only on the source's rows in [start, stop); null = every row not used for validation)
+    train_rows: list[int] | None = None
     #: ... or a seeded share of the training rows: a fraction (< 1) or a row count (>= 1).
     validation_size: float = 0.1
     #: Seed of the train/validation split; the split is deterministic for a given seed and data.

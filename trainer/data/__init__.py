@@ -69,6 +69,10 @@ def load_examples(dataset_cfg: DictConfig, report_dir: Path | None = None) -> Ex
 
     cfg = _plain(dataset_cfg)
     check_on_error(cfg["on_error"])
+    if cfg.get("validation_rows") and (cfg.get("validation_path") or cfg.get("validation_split")):
+        raise UserError(
+            "dataset.validation_rows and dataset.validation_path/validation_split both name validation data; keep one."
+        )
     sources = [cfg, *cfg.get("mix", [])]
     loaded = [load_source(s) for s in sources]
     bad = [b for part in loaded for b in part.bad]
@@ -100,6 +104,8 @@ def load_examples(dataset_cfg: DictConfig, report_dir: Path | None = None) -> Ex
 
     warnings = []
     seed = cfg["split_seed"]
+    if cfg.get("train_rows") or cfg.get("validation_rows"):
+        external = _row_ranges(cfg, loaded, external)
     if external is not None:
         validation = external.rows
         train_parts = []
@@ -135,6 +141,42 @@ def load_examples(dataset_cfg: DictConfig, report_dir: Path | None = None) -> Ex
     if bad:
         warnings.insert(0, f"{len(bad)} invalid rows skipped (on_error=skip); listed in skipped_rows.txt")
     return Examples(train=train, validation=validation, skipped=bad, warnings=warnings)
+
+
+def _row_ranges(cfg: dict, loaded: list, external):
+    """Apply dataset.train_rows / validation_rows to the first source: keep its training rows in ``loaded[0]``,
+    return the validation rows as the external validation set (or ``external`` when there is no validation range)."""
+    from trainer.data.validate import Loaded
+
+    def window(key: str) -> tuple[int, int] | None:
+        value = cfg.get(key)
+        if value is None:
+            return None
+        if len(value) != 2 or not 0 <= value[0] < value[1]:
+            raise UserError(
+                f"dataset.{key}={list(value)} is not a row range: give [start, stop) with 0 <= start < stop."
+            )
+        return value[0], value[1]
+
+    train_w, val_w = window("train_rows"), window("validation_rows")
+    primary = loaded[0]
+    inside = lambda w, pos: w[0] <= pos < w[1]  # noqa: E731
+    train, validation = Loaded(), Loaded()
+    for row, where, pos in zip(primary.rows, primary.wheres, primary.positions, strict=True):
+        if val_w and inside(val_w, pos):
+            validation.rows.append(row)
+            validation.wheres.append(where)
+        elif train_w is None or inside(train_w, pos):
+            train.rows.append(row)
+            train.wheres.append(where)
+    for key, w, part in (("train_rows", train_w, train), ("validation_rows", val_w, validation)):
+        if w and not part.rows:
+            raise UserError(
+                f"dataset.{key}={list(w)} selects no usable rows of {cfg['path']} ({len(primary.positions)} usable "
+                "rows). Check the range."
+            )
+    loaded[0] = train
+    return validation if val_w else external
 
 
 # ---------------------------------------------------------------- preparing (tokenizing) once

@@ -27,6 +27,8 @@ class Loaded:
 
     rows: list[dict] = field(default_factory=list)
     wheres: list[str] = field(default_factory=list)
+    #: Each usable row's position among all the source's records (0-based, bad records counted), for row ranges.
+    positions: list[int] = field(default_factory=list)
     bad: list[str] = field(default_factory=list)
     ignored: Counter = field(default_factory=Counter)
 
@@ -36,13 +38,15 @@ def load_source(source: Mapping, path: str | None = None, split: str | None = No
     out = Loaded()
     normalise = make_normaliser(source, out.ignored)
     rows, wheres, bad = out.rows, out.wheres, out.bad
-    for where, raw in read_records(path or source["path"], split if path or split else source.get("split")):
+    records = read_records(path or source["path"], split if path or split else source.get("split"))
+    for position, (where, raw) in enumerate(records):
         if isinstance(raw, Bad):
             bad.append(f"{where}: {raw.why}")
             continue
         try:
             rows.append(normalise(raw))
             wheres.append(where)
+            out.positions.append(position)
         except Invalid as exc:
             bad.append(f"{where}: {exc}")
         except UserError as exc:  # a config problem found on the first row (a template naming an unknown column)
