@@ -139,3 +139,10 @@ def test_help_and_cfg_do_not_import_torch(tmp_path):
     assert "Configuration groups" in result.stdout and "OK" in result.stdout
     assert "model: smollm2_135m" not in result.stdout  # --cfg prints the config, not choices
     assert Path(REPO / "conf" / "config.yaml").exists()
+
+
+def test_tf32_on_the_cpu_is_a_user_error(tmp_path):
+    result = hydratune(
+        "model=tiny_random", "train.tf32=true", "hardware=cpu", f"hydra.run.dir={tmp_path}", cache=tmp_path
+    )
+    assert result.returncode == 2 and "train.tf32=true" in result.stderr and "Traceback" not in result.stderr

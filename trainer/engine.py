@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from trainer import data, evaluation, loggers, models, report
+from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,11 @@ def sft_config(cfg: DictConfig, run_dir: Path, device: str):
     )
     if args["bf16"] is None:
         args["bf16"] = device == "cuda" and models.torch_dtype("auto", device) == models.torch_dtype("bfloat16", device)
+    if device != "cuda" and args.get("tf32"):
+        raise UserError(
+            "train.tf32=true enables TensorFloat-32 matrix products, which only NVIDIA Ampere (or newer) GPUs have, "
+            f"and this run is on the {device}. Set train.tf32=null (or run with hardware=single_gpu on such a GPU)."
+        )
     return SFTConfig(**args)
 
 
