@@ -89,6 +89,48 @@ def test_jsonl_is_deterministic_and_hashed(tmp_path):
     assert [json.loads(line) for line in data.decode().splitlines()] == rows
 
 
+def test_jsonl_bytes_are_json_dumps_with_sorted_keys():
+    rows = [CHAT, {"messages": [{"content": 'é\n"x"', "role": "user"}, {"role": "assistant", "content": "b"}]}]
+    expected = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8")
+    assert pd.jsonl_bytes(rows) == expected
+    assert pd.jsonl_bytes([]) == b""
+
+
+def _full_checks(rows):
+    """validate without its shortcut for plain rows: every row through check_messages."""
+    errors = []
+    for n, row in enumerate(rows, 1):
+        errors += pd.check_messages(row["messages"], f"train example {n}")
+        if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in row["messages"]):
+            errors.append(f"train example {n}: no assistant message")
+    return errors
+
+
+def test_the_shortcut_for_plain_rows_finds_what_the_full_checks_find():
+    plain = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    variants = [
+        plain,
+        [{"role": "system", "content": "s"}, *plain],
+        [*plain[:1], {"role": "assistant", "content": "a", "name": "bot"}],
+        [plain[0], {"role": "assistant", "content": "a", "weight": 1}],
+        [plain[0], {"role": "assistant", "content": "a", "weight": 1.5}],
+        [plain[0], {"role": "tool", "content": "x"}, plain[1]],
+        [plain[0], {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}],
+        [plain[0], {"role": "assistant", "content": ""}],
+        [plain[0], {"role": "assistant", "content": ["a"]}],
+        [plain[0], {"role": ["assistant"], "content": "a"}],
+        [plain[0], {"role": "assistant"}],
+        [plain[0], {"content": "a"}],
+        [plain[0], {"role": "assistant", "content": "a", "extra": 1}],
+        [plain[0], "not an object"],
+        [plain[0]],
+        [],
+    ]
+    rows = [{"messages": m} for m in variants]
+    assert pd.validate(rows, "train") == _full_checks(rows)
+    assert pd.validate(rows[:4], "train") == []
+
+
 DATA = Path(__file__).resolve().parent / "assets" / "data"
 FORMATS = {
     "quickstart": [],

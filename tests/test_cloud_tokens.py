@@ -95,3 +95,33 @@ def test_dpo_rows_count_input_and_both_outputs():
     }
     flat = [*row["input"]["messages"], *row["preferred_output"], *row["non_preferred_output"]]
     assert tokens.count_rows([row], enc) == [tokens.message_tokens(flat, enc)]
+
+
+def test_counting_many_rows_encodes_each_distinct_text_once_and_counts_the_same():
+    enc = tokens.get_encoding("cl100k_base")
+    system = {"role": "system", "content": "You extract ingredients."}
+    rows = [
+        {"messages": [system, {"role": "user", "content": f"recipe {i} <|endoftext|>"}, CONVERSATION[2]]}
+        for i in range(5)
+    ]
+    rows += [
+        {"messages": CONVERSATION},
+        {
+            "input": {"messages": [system, {"role": "user", "content": "q"}]},
+            "preferred_output": [{"role": "assistant", "content": "good"}],
+            "non_preferred_output": [{"role": "assistant", "content": "bad"}],
+        },
+    ]
+    calls = []
+
+    class Counting:
+        def encode_ordinary(self, text):
+            calls.append(text)
+            return enc.encode_ordinary(text)
+
+    totals, answers = tokens.count_examples(rows, Counting())
+    messages = [tokens.example_messages(r) for r in rows]
+    assert totals == [tokens.message_tokens(m, enc) for m in messages] == [_direct(m, enc) for m in messages]
+    assert answers == [tokens.assistant_tokens(m, enc) for m in messages]
+    assert len(calls) == len(set(calls))  # the shared system prompt and the roles were encoded once
+    assert tokens.count_rows(rows, enc) == totals

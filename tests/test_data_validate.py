@@ -148,3 +148,30 @@ def test_warnings_have_counts(tmp_path):
     assert "3 of 4 examples have no system message" in examples.warnings
     assert "1 of 4 examples have no user message" in examples.warnings
     assert any(w.startswith("2 examples are duplicates") for w in examples.warnings)
+
+
+def test_duplicates_are_exact_with_weights_and_names(tmp_path):
+    user = {"role": "user", "content": "q"}
+    rows = [
+        {"messages": [user, {"role": "assistant", "content": "a"}]},
+        {"messages": [user, {"role": "assistant", "content": "a"}]},  # duplicate of 1
+        {"messages": [user, {"role": "assistant", "content": "a", "weight": 1}]},
+        {"messages": [user, {"weight": 1, "content": "a", "role": "assistant"}]},  # duplicate of 3, keys reordered
+        {"messages": [user, {"role": "assistant", "content": "a", "weight": 0}]},
+        {"messages": [{**user, "name": "n"}, {"role": "assistant", "content": "a"}]},
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "q"}]},
+    ]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples = load_examples(dataset_cfg(tmp_path, path, {"format": "chat"}).dataset)
+    assert any(w.startswith("2 examples are duplicates") for w in examples.warnings), examples.warnings
+
+
+def test_blank_lines_crlf_and_unicode_whitespace_lines(tmp_path):
+    row = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    path = tmp_path / "w.jsonl"
+    path.write_bytes(f"\n{row}\r\n \t\r\n{row}\r\n\x0c\n".encode())
+    assert len(load_examples(dataset_cfg(tmp_path, path, {"format": "chat"}).dataset).train) == 2
+    path.write_bytes(f"{row}\n\u00a0\n{row}\n".encode())  # not JSON whitespace: a bad row, not a skipped line
+    with pytest.raises(UserError, match=f"{path}:2: not valid JSON"):
+        load_examples(dataset_cfg(tmp_path, path, {"format": "chat"}).dataset)

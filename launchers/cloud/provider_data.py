@@ -102,28 +102,28 @@ def check_messages(messages: Any, where: str) -> list[str]:
     return errors
 
 
-def _clean(messages: Any) -> bool:
-    """True for a chat whose messages all pass :func:`check_messages` without weights (the common case, no strings).
-
-    Anything else (weights, tool calls, any problem) goes through the full checks.
+def _plain_answered(messages: Any) -> bool:
+    """True for a chat that :func:`check_messages` passes, with an assistant message and no weights (the common case,
+    checked without building any message string). Anything else goes through the full checks.
     """
     if type(messages) is not list or not messages:
         return False
+    answered = False
     for m in messages:
-        if type(m) is not dict or "weight" in m or not m.keys() <= _KEYS or m.get("role") not in ROLES:
+        if type(m) is not dict or "weight" in m or not m.keys() <= _KEYS:
             return False
-        content = m.get("content")
-        if type(content) is not str or not content:
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES or type(content) is not str or not content:
             return False
-    return True
+        answered = answered or role == "assistant"
+    return answered
 
 
 def validate(rows: list[dict[str, Any]], split: str) -> list[str]:
     errors = []
     for n, row in enumerate(rows, 1):
         if "input" not in row:
-            messages = row.get("messages")
-            if _clean(messages) and any(m["role"] == "assistant" for m in messages):
+            if _plain_answered(row.get("messages")):
                 continue
         where = f"{split} example {n}"
         if "input" in row:
@@ -154,7 +154,7 @@ def raise_if_invalid(errors: list[str]) -> None:
 def jsonl_bytes(rows: list[dict[str, Any]]) -> bytes:
     """Deterministic JSONL: the same rows always give the same bytes (and so the same sha256)."""
     encode = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode  # = json.dumps with these options
-    return "".join([encode(r) + "\n" for r in rows]).encode("utf-8")
+    return ("\n".join(map(encode, rows)) + "\n" if rows else "").encode("utf-8")
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:

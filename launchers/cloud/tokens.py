@@ -15,8 +15,6 @@ import hashlib
 import importlib.util
 import os
 import tempfile
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -32,9 +30,6 @@ EXPECTED_SHA256 = {
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 TOKENS_PER_CONVERSATION = 3
-#: Texts per batch handed to a thread when counting many rows, and the most threads used.
-BATCH = 4096
-MAX_THREADS = 8
 
 
 def tiktoken_cache_dir() -> str:
@@ -107,29 +102,23 @@ def _count(enc: Any, text: str) -> int:
 
 def message_tokens(messages: list[dict[str, Any]], enc: Any) -> int:
     """Tokens of a conversation, with OpenAI's documented overheads."""
-    return _message_tokens(messages, lambda text: _count(enc, text))
-
-
-def _message_tokens(messages: list[dict[str, Any]], count: Callable[[str], int]) -> int:
     total = TOKENS_PER_CONVERSATION
     for message in messages:
         total += TOKENS_PER_MESSAGE
         for key, value in message.items():
             if not isinstance(value, str):
                 continue  # weight: 0/1 and other non-text fields take no tokens
-            total += count(value)
+            total += _count(enc, value)
             if key == "name":
                 total += TOKENS_PER_NAME
     return total
 
 
 def assistant_tokens(messages: list[dict[str, Any]], enc: Any) -> int:
-    return _assistant_tokens(messages, lambda text: _count(enc, text))
-
-
-def _assistant_tokens(messages: list[dict[str, Any]], count: Callable[[str], int]) -> int:
     return sum(
-        count(m["content"]) for m in messages if m.get("role") == "assistant" and isinstance(m.get("content"), str)
+        _count(enc, m["content"])
+        for m in messages
+        if m.get("role") == "assistant" and isinstance(m.get("content"), str)
     )
 
 
@@ -147,34 +136,27 @@ def count_rows(rows: list[dict[str, Any]], enc: Any) -> list[int]:
 def count_examples(rows: list[dict[str, Any]], enc: Any) -> tuple[list[int], list[int]]:
     """(tokens, assistant tokens) of each row, as :func:`message_tokens` and :func:`assistant_tokens` count them.
 
-    Each distinct text is encoded once (roles, a system prompt shared by every row), in batches on every core.
+    Each distinct text is encoded once: the roles, and a system prompt that every row repeats, cost one call each.
     """
     conversations = [example_messages(row) for row in rows]
-    counts = text_counts(
-        [value for messages in conversations for m in messages for value in m.values() if isinstance(value, str)],
-        enc,
-    )
-    count = counts.__getitem__
-    return (
-        [_message_tokens(messages, count) for messages in conversations],
-        [_assistant_tokens(messages, count) for messages in conversations],
-    )
-
-
-def text_counts(texts: list[str], enc: Any) -> dict[str, int]:
-    """The token count of each distinct text (encoded without special-token handling, like :func:`_count`)."""
-    unique = list(dict.fromkeys(texts))
-    threads = min(MAX_THREADS, _cores())
-    if threads < 2 or len(unique) < 2 * BATCH:
-        return dict(zip(unique, map(len, map(enc.encode_ordinary, unique)), strict=True))
-    batches = [unique[i : i + BATCH] for i in range(0, len(unique), BATCH)]
-
-    def lengths(batch: list[str]) -> list[int]:
-        return [len(tokens) for tokens in map(enc.encode_ordinary, batch)]  # tiktoken lets go of the GIL
-
-    with ThreadPoolExecutor(threads) as pool:
-        return dict(zip(unique, (n for part in pool.map(lengths, batches) for n in part), strict=True))
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    counts: dict[str, int] = {}
+    encode = enc.encode_ordinary
+    totals, answers = [], []
+    for messages in conversations:
+        total, answer = TOKENS_PER_CONVERSATION, 0
+        for message in messages:
+            total += TOKENS_PER_MESSAGE
+            for key, value in message.items():
+                if not isinstance(value, str):
+                    continue  # weight: 0/1 and other non-text fields take no tokens
+                n = counts.get(value)
+                if n is None:
+                    n = counts[value] = len(encode(value))
+                total += n
+                if key == "name":
+                    total += TOKENS_PER_NAME
+                elif key == "content" and message.get("role") == "assistant":
+                    answer += n
+        totals.append(total)
+        answers.append(answer)
+    return totals, answers

@@ -129,11 +129,14 @@ def _chat(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
         if not value:
             raise Invalid(f"'{what}' is empty")
         out, problems = [], []
+        answered = False
         for i, message in enumerate(value, 1):
             if type(message) is dict and len(message) == 2:  # the common {role, content}: checked inline
                 role, content = message.get(role_key), message.get(content_key)
                 if type(role) is str and role in roles and type(content) is str and content and not content.isspace():
-                    out.append({"role": roles[role], "content": content})
+                    role = roles[role]
+                    out.append({"role": role, "content": content})
+                    answered = answered or role == "assistant"
                     continue
             if not isinstance(message, dict):
                 problems.append(f"message {i} is not an object (got {_type(message)})")
@@ -150,7 +153,8 @@ def _chat(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
             if "name" in message:
                 canonical["name"] = message["name"]
             out.append(canonical)
-        if not problems and need_assistant and not any(m["role"] == "assistant" for m in out):
+            answered = answered or canonical["role"] == "assistant"
+        if not problems and need_assistant and not answered:
             problems.append("no assistant message (nothing to learn from)")
         if problems:
             raise Invalid(*problems)

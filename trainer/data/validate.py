@@ -96,12 +96,12 @@ def row_warnings(rows: list[dict], ignored: Counter) -> list[str]:
     chats = [r["messages"] for r in rows if "messages" in r]
     if chats:
         no_system = sum(1 for m in chats if m[0]["role"] != "system")
-        no_user = sum(1 for m in chats if not any(x["role"] == "user" for x in m))
+        no_user = sum(1 for m in chats if "user" not in [x["role"] for x in m])
         if no_system:
             out.append(f"{no_system} of {len(chats)} examples have no system message")
         if no_user:
             out.append(f"{no_user} of {len(chats)} examples have no user message")
-    dupes = len(rows) - len({canonical_key(r) for r in rows})
+    dupes = len(rows) - len({_duplicate_key(r) for r in rows})
     if dupes:
         out.append(f"{dupes} examples are duplicates of an earlier example (kept; remove them if unintended)")
     for key, n in sorted(ignored.items(), key=lambda kv: str(kv[0])):
@@ -116,3 +116,20 @@ _KEY_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
 def canonical_key(row: dict) -> str:
     """The row as sorted-key JSON: equal rows, equal keys (same text as ``json.dumps(row, sort_keys=True, ...)``)."""
     return _KEY_ENCODER.encode(row)
+
+
+def _duplicate_key(row: dict) -> str | tuple:
+    """Equal for equal canonical rows, like :func:`canonical_key`, without JSON for the common chat row.
+
+    A chat row whose messages all have exactly a role and a (string) content is keyed by its (role, content) pairs;
+    every other row by its canonical JSON, which never equals a tuple.
+    """
+    messages = row.get("messages")
+    if len(row) == 1 and type(messages) is list:
+        try:
+            key = tuple([(m["role"], m["content"]) for m in messages])
+        except (KeyError, TypeError):
+            return canonical_key(row)
+        if sum(map(len, messages)) == 2 * len(messages):  # each has role and content, so each has only those
+            return key
+    return canonical_key(row)
