@@ -157,3 +157,21 @@ def test_every_dataset_format_prepares_for_the_provider(name, tmp_path, capsys, 
     assert rows and pd.validate(rows, "train") == []
     assert all(("input" in r) == (name == "preference") for r in rows)
     assert "cost estimate" in capsys.readouterr().out
+
+
+def test_prepare_turns_the_cycle_collector_back_on(monkeypatch, tmp_path):
+    import gc
+
+    from launchers.cloud import prepare
+
+    seen = []
+
+    def fail(cfg, run_dir):
+        seen.append(gc.isenabled())
+        raise UserError("bad data")
+
+    monkeypatch.setattr(prepare, "_prepare", fail)
+    assert gc.isenabled()
+    with pytest.raises(UserError, match="bad data"):
+        prepare.prepare(None, tmp_path)
+    assert seen == [False] and gc.isenabled()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,24 @@ def load_examples(dataset_cfg: Any, run_dir: Path) -> Any:
 
 
 def prepare(cfg: Any, run_dir: Path) -> Prepared:
+    with _no_cycle_collection():
+        return _prepare(cfg, run_dir)
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Parsed rows are millions of small, acyclic objects: the collector's full passes over them find nothing and
+    cost about 0.3 s of 4 on 100,000 rows, so it is off while we read and count (and back on after)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _prepare(cfg: Any, run_dir: Path) -> Prepared:
     hw = cfg.hardware
     examples = load_examples(cfg.dataset, run_dir)
     for warning in examples.warnings:
