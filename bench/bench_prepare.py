@@ -2,7 +2,8 @@
 
 Everything runs in this one invocation on the same file, from JSON load to statistics:
 - cookbook: a faithful re-implementation of "Data preparation and analysis for chat model fine-tuning"
-  (json.loads per line, format-error checks, per-message token counts with tiktoken, distributions), single process;
+  (json.loads per line, format-error checks, per-message token counts with tiktoken, distributions, billing
+  tokens), single process;
 - hydratune, provider path: what `hydratune prepare hardware=openai model=gpt_35_turbo dataset=chat_jsonl
   dataset.path=FILE dataset.validation_size=0` runs once the config is composed (check_cloud, then
   launchers.cloud.prepare.prepare: read, validate every row, OpenAI's format checks, tiktoken counts with the same
@@ -213,9 +214,10 @@ def local_prepare(data: Path, tmp: Path, cache: Path):
 
 
 def timed(fn, *args):
-    t = time.perf_counter()
+    """(result, wall seconds, CPU seconds of this process): CPU time is steadier when others share the machine."""
+    t, c = time.perf_counter(), time.process_time()
     result = fn(*args)
-    return result, time.perf_counter() - t
+    return result, time.perf_counter() - t, time.process_time() - c
 
 
 def load() -> str:
@@ -239,15 +241,17 @@ def main() -> None:
         generate(data, rows)
         cfg = provider_config(data, tmp / "provider")
         before = load()
-        cook, ours = [], []
+        cook, ours, cook_cpu, ours_cpu = [], [], [], []
         for r in range(args.rounds):  # alternate who goes first, so neither always runs on a warmer machine
             for who in ("cookbook", "provider") if r % 2 == 0 else ("provider", "cookbook"):
                 if who == "cookbook":
-                    ref, seconds = timed(cookbook, data, enc)
+                    ref, seconds, cpu = timed(cookbook, data, enc)
                     cook.append(seconds)
+                    cook_cpu.append(cpu)
                 else:
-                    (prepared, printed), seconds = timed(provider_prepare, cfg, tmp / "provider")
+                    (prepared, printed), seconds, cpu = timed(provider_prepare, cfg, tmp / "provider")
                     ours.append(seconds)
+                    ours_cpu.append(cpu)
         after = load()
         local = None if args.no_local else local_prepare(data, tmp, Path(args.cache))
 
@@ -272,6 +276,10 @@ def main() -> None:
     print(
         f"speed ratio hydratune / cookbook: {min(cook) / min(ours):.2f}x best vs best; "
         f"{statistics.median(c / o for c, o in zip(cook, ours, strict=True)):.2f}x median per round ({ratios})"
+    )
+    print(
+        f"CPU time, best of each: cookbook {min(cook_cpu):.2f} s, hydratune {min(ours_cpu):.2f} s, ratio "
+        f"{min(cook_cpu) / min(ours_cpu):.2f}x"
     )
     print(f"machine: {before} before, {after} after")
     print("hydratune printed: " + printed.strip().replace("\n", "\n                   "))
