@@ -36,7 +36,9 @@ RUN = [
     "train.learning_rate=3e-3",
     "method.peft.lora_dropout=0",
 ]
-TWO = ["train.per_device_train_batch_size=2", f"hardware.torch_extensions_dir={EXTENSIONS}"]
+# eval.cache_base=false: every run evaluates the base model under its own strategy before training (under DeepSpeed
+# that path needs care in the engine), instead of reading the single-process run's cached result.
+TWO = ["train.per_device_train_batch_size=2", f"hardware.torch_extensions_dir={EXTENSIONS}", "eval.cache_base=false"]
 ENV = {"OMP_NUM_THREADS": "1"}
 TOLERANCE = 1e-5
 

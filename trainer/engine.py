@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -91,7 +92,8 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     results: dict = {}
     queries = evaluation.queries(prepared.examples.validation, cfg.eval.max_examples)
     if cfg.eval.enabled and cfg.eval.compare_base:
-        results.update(base_sections(cfg, trainer, tokenizer, queries, model_path, prepared, main))
+        with before_training(trainer):
+            results.update(base_sections(cfg, trainer, tokenizer, queries, model_path, prepared, main))
 
     checkpoint = last_checkpoint(run_dir)
     if checkpoint:
@@ -114,6 +116,25 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     report.write_report(run_dir, results, trainer.state.log_history, f"hydratune run: {cfg.run_name}")
     log.info("report: %s", run_dir / "report.md")
     return results
+
+
+@contextmanager
+def before_training(trainer):
+    """Evaluate the base model without spoiling how train() prepares it. evaluate() registers the model with accelerate
+    unwrapped (train() would then skip DDP's gradient averaging: each rank would train alone), refuses DeepSpeed under
+    ZeRO-1/2 (every rank holds the whole model then: evaluate it plainly) and under ZeRO-3 starts an inference-only
+    engine (no optimizer). Afterwards train() prepares the model afresh."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    deepspeed = trainer.is_deepspeed_enabled
+    trainer.is_deepspeed_enabled = deepspeed and is_deepspeed_zero3_enabled()
+    try:
+        yield
+    finally:
+        trainer.is_deepspeed_enabled = deepspeed
+        trainer.deepspeed, trainer.model_wrapped = None, trainer.model
+        trainer.accelerator._models.clear()
+        trainer.model._is_accelerate_prepared = False
 
 
 def base_sections(cfg, trainer, tokenizer, queries, model_path, prepared, main: bool = True) -> dict:
