@@ -43,9 +43,11 @@ def run(cfg: DictConfig, command: str) -> float | None:
     device, nproc, node = resolve_device(hw), num_processes(hw), node_rank(hw)
     threads = hw.threads or max(1, (os.cpu_count() or 1) // nproc)
     ds = deepspeed_config.build(hw)
-    if ds is not None:
-        with open_dict(cfg):
+    with open_dict(cfg):  # what the workers' TrainingArguments need to know, in the config they load
+        if ds is not None:
             cfg.train.deepspeed = str(run_dir / "deepspeed.json")
+        if "ddp_timeout" not in cfg.train:
+            cfg.train.ddp_timeout = hw.timeout_s
     env = worker_env(cfg, threads)
     if hw.submit == "slurm":
         return submit_slurm(cfg, run_dir, ds, nproc, threads, device)

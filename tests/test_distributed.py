@@ -60,6 +60,7 @@ def assert_one_finished_run(run_dir: Path, ranks: int = 2) -> None:
         assert (run_dir / name).is_file(), name
     assert sorted(p.name for p in (run_dir / "logs").glob("rank*.log")) == [f"rank{r}.log" for r in range(ranks)]
     assert "rank 1 of" in (run_dir / "logs" / "rank1.log").read_text()
+    assert "ddp_timeout: 1800" in (run_dir / "config.yaml").read_text()  # hardware.timeout_s, for every rank
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"base", "finetuned"} <= metrics.keys()
     curve = losses(run_dir)
