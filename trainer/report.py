@@ -22,7 +22,7 @@ def write_report(run_dir: Path, metrics: dict, history: list[dict], title: str) 
 
 def plot_losses(history: list[dict], path: Path) -> Path | None:
     train = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
+    evals = [(h["step"], v) for h in history if "step" in h for k, v in h.items() if k.endswith("eval_loss")]
     if not train and not evals:
         return None
     import matplotlib
@@ -34,7 +34,7 @@ def plot_losses(history: list[dict], path: Path) -> Path | None:
     if train:
         ax.plot(*zip(*train, strict=True), label="training loss", linewidth=1.2)
     if evals:
-        ax.plot(*zip(*evals, strict=True), "o-", label="validation loss")
+        ax.plot(*zip(*evals, strict=True), "o--", label="validation loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
