@@ -54,7 +54,7 @@ def run_hydratune(args, out: Path, cache: str, env: dict) -> dict:
     return steps_file_stats(run_dir / "metrics.jsonl", start)
 
 
-def run_plain(args, out: Path, model_dir: str, data: str, env: dict) -> dict:
+def run_plain(args, out: Path, model_dir: str, data: str, dtype: str, env: dict) -> dict:
     plain = out / "plain"
     plain.mkdir()
     cmd = [
@@ -67,6 +67,8 @@ def run_plain(args, out: Path, model_dir: str, data: str, env: dict) -> dict:
         str(args.steps),
         "--batch",
         str(args.batch),
+        "--dtype",
+        dtype,
     ]
     start = time.time()
     subprocess.run(cmd, check=True, cwd=REPO, env=env, capture_output=True)
@@ -98,12 +100,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         warm = Path(tmp) / "warm"
         warm.mkdir()
-        run_hydratune(argparse.Namespace(**{**vars(args), "steps": 1}), warm, cache, env)  # fill the dataset cache
+        run_hydratune(argparse.Namespace(**{**vars(args), "steps": 2}), warm, cache, env)  # fill the dataset cache
         results: dict[str, list[dict]] = {"hydratune": [], "plain": []}
         for i in range(args.rounds):
             out = Path(tmp) / f"round{i}"
             out.mkdir()
-            results["plain"].append(run_plain(args, out, model_dir, data, env))
+            results["plain"].append(run_plain(args, out, model_dir, data, cfg.model.dtype, env))
             results["hydratune"].append(run_hydratune(args, out, cache, env))
             print(f"round {i + 1}: plain {results['plain'][-1]}  hydratune {results['hydratune'][-1]}", flush=True)
 
@@ -113,7 +115,7 @@ def main() -> None:
     }
     ratio = best["hydratune"]["tokens_per_s"] / best["plain"]["tokens_per_s"]
     overhead = best["hydratune"]["first_step_s"] - best["plain"]["first_step_s"]
-    print(f"model={args.model} batch={args.batch} steps={args.steps} threads={threads}")
+    print(f"model={args.model} ({cfg.model.dtype}) batch={args.batch} steps={args.steps} threads={threads}")
     print(
         f"plain TRL script : {best['plain']['tokens_per_s']:8.1f} tok/s, first step after {best['plain']['first_step_s']:.2f} s"
     )
