@@ -59,6 +59,21 @@ def sft_config(cfg: DictConfig, run_dir: Path, device: str):
     return SFTConfig(**args)
 
 
+def build_trainer(cfg, run_dir: Path, device: str, model, tokenizer, prepared, peft_config=None):
+    """TRL's SFTTrainer over the prepared (already tokenized) data; the loop is TRL's."""
+    from trl import SFTTrainer
+
+    return SFTTrainer(
+        model=model,
+        args=sft_config(cfg, run_dir, device),
+        train_dataset=prepared.train,
+        eval_dataset=prepared.validation if len(prepared.validation) else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=loggers.callbacks(cfg.logger, run_dir),
+    )
+
+
 def last_checkpoint(run_dir: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -68,7 +83,6 @@ def last_checkpoint(run_dir: Path) -> str | None:
 
 def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     from transformers import set_seed
-    from trl import SFTTrainer
 
     set_seed(cfg.seed)
     main = is_main_process()  # every rank trains and evaluates; only rank 0 writes files into the run dir
@@ -77,15 +91,7 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     log.info("dataset: %d training / %d validation sequences", len(prepared.train), len(prepared.validation))
 
     peft_config = models.peft_config(cfg.method, added_tokens)
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(cfg, run_dir, device),
-        train_dataset=prepared.train,
-        eval_dataset=prepared.validation if len(prepared.validation) else None,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=loggers.callbacks(cfg.logger, run_dir),
-    )
+    trainer = build_trainer(cfg, run_dir, device, model, tokenizer, prepared, peft_config)
     if peft_config is not None:
         trainer.model.print_trainable_parameters()
 
@@ -163,18 +169,11 @@ def base_sections(cfg, trainer, tokenizer, queries, model_path, prepared, main: 
 def evaluate_only(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     """``hydratune eval``: the configured model on the held-out split, no training (one 'base' section)."""
     from transformers import set_seed
-    from trl import SFTTrainer
 
     set_seed(cfg.seed)
     _, tokenizer, _, model = load_model_and_tokenizer(cfg, device)
     prepared = data.prepare(cfg, tokenizer, run_dir)
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(cfg, run_dir, device),
-        train_dataset=prepared.train,
-        eval_dataset=prepared.validation if len(prepared.validation) else None,
-        processing_class=tokenizer,
-    )
+    trainer = build_trainer(cfg, run_dir, device, model, tokenizer, prepared)
     queries = evaluation.queries(prepared.examples.validation, cfg.eval.max_examples)
     results = {"base": evaluation.evaluate(trainer, tokenizer, cfg, queries, "base")}
     report.write_report(run_dir, results, [], f"hydratune eval: {cfg.model.name_or_path}")

@@ -138,22 +138,27 @@ def _sniff_first_line(path: Path, line: str | bytes, number: int, data: bytes) -
 # ---------------------------------------------------------------- JSON
 
 
-def _read_json(path: Path) -> Iterator[Record]:
+def _utf8_text(path: Path) -> str:
+    """The whole file as text; an empty file or bytes that are not UTF-8 are one-paragraph errors with the line."""
     data = file_bytes(path)
     if not data.strip():
         raise _empty(path)
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise UserError(
             f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8."
         ) from None
+
+
+def _read_json(path: Path) -> Iterator[Record]:
+    text = _utf8_text(path)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # JSON lines in a .json file: read it as such
-            yield from _read_jsonl(path, data)
+            yield from _read_jsonl(path, file_bytes(path))
             return
         raise UserError(
             f"{path}:{exc.lineno}: not valid JSON: {exc.msg} at column {exc.colno}. "
@@ -204,16 +209,7 @@ def _item_lines(text: str, count: int) -> list[int] | None:
 
 
 def _read_csv(path: Path, delimiter: str) -> Iterator[Record]:
-    data = file_bytes(path)
-    if not data.strip():
-        raise _empty(path)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise UserError(
-            f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8."
-        ) from None
+    text = _utf8_text(path)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
