@@ -55,7 +55,8 @@ def comparison_rows(metrics: dict) -> tuple[list[str], list[tuple[str, list[str]
     for name in names:
         cells = [_fmt(metrics[s].get(name)) for s in sections]
         if "base" in sections and "finetuned" in sections:
-            cells.append(_delta(metrics["base"].get(name), metrics["finetuned"].get(name), name))
+            same_data = name == "examples"  # a count, not a score: no change to show
+            cells.append("-" if same_data else _delta(metrics["base"].get(name), metrics["finetuned"].get(name), name))
         rows.append((name, cells))
     headings = [_HEADINGS[s] for s in sections] + (["change"] if {"base", "finetuned"} <= set(sections) else [])
     return headings, rows
