@@ -1,5 +1,6 @@
-"""Launchers run a resolved config on a hardware strategy. Each takes (cfg, command) and returns the run's
-objective value (or None); they share code through functions, not classes."""
+"""Launchers run a resolved config on a hardware strategy. Each takes (cfg, command) and leaves its results in
+the run dir; the CLI reads the configured objective from metrics.json afterwards (trainer.rundir.finished).
+They share code through functions, not classes."""
 
 from __future__ import annotations
 
