@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainer import data, evaluation, loggers, models, report
+from trainer import cost, data, evaluation, loggers, models, report
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     checkpoint = last_checkpoint(run_dir)
     if checkpoint:
         log.info("resuming from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    trained = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(run_dir / "model"))  # on every rank (ZeRO-3 gathers shards); the Trainer writes on rank 0
     if main:
         tokenizer.save_pretrained(run_dir / "model")
@@ -119,8 +119,11 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     if not main:
         return results
     results["data"] = {"cache_key": prepared.cache_key, "cache_hit": prepared.cache_hit, **prepared.stats}
+    if cfg.eval.enabled:
+        seconds, train_rows = trained.metrics["train_runtime"], prepared.examples.train
+        results["break_even"] = cost.local(cfg, seconds, results, tokenizer, queries, train_rows)
     report.write_report(run_dir, results, trainer.state.log_history, f"hydratune run: {cfg.run_name}")
-    log.info("report: %s", run_dir / "report.md")
+    log.info("report: %s (and report.html)", run_dir / "report.md")
     return results
 
 

@@ -20,6 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
+#: How much of each rendered prompt (its end: the question) the per-example record keeps.
+PROMPT_CHARS = 1200
+
 
 @dataclass
 class Query:
@@ -104,13 +107,24 @@ def evaluate(trainer, tokenizer, cfg: DictConfig, qs: list[Query], label: str, r
     prompts = [render(tokenizer, q) for q in qs]
     predictions = generate(trainer.model, tokenizer, prompts, cfg.eval, desc=f"generate ({label})")
     metrics = [instantiate(m) for m in cfg.eval.metrics]
+    per_example = {
+        "prompt": [p[-PROMPT_CHARS:] for p in prompts],
+        "reference": [q.reference for q in qs],
+        "prediction": predictions,
+        "prompt_tokens": [len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts],
+        "answer_tokens": [len(tokenizer(p, add_special_tokens=False).input_ids) for p in predictions],
+        "scores": {},
+    }
     for metric in metrics:
-        scores = [metric(p, q.reference) for p, q in zip(predictions, qs, strict=True)]
+        scores = [float(metric(p, q.reference)) for p, q in zip(predictions, qs, strict=True)]
+        per_example["scores"][metric.name] = scores
         result[metric.name] = sum(scores) / len(scores)
-    result["prompt_tokens_per_query"] = sum(
-        len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts
-    ) / len(prompts)
+    result["prompt_tokens_per_query"] = sum(per_example["prompt_tokens"]) / len(prompts)
+    result["answer_tokens_per_query"] = sum(per_example["answer_tokens"]) / len(prompts)
     result["examples"] = len(qs)
+    # Every example's answer and scores: the report's paired statistics, flips and example table (the report
+    # moves them from metrics.json into examples.jsonl).
+    result["per_example"] = per_example
     result["samples"] = [
         {"prompt": prompts[i][-300:], "prediction": predictions[i], "reference": qs[i].reference}
         for i in range(min(5, len(qs)))
@@ -123,11 +137,13 @@ def base_cache_file(cfg: DictConfig, model_path: str, qs: list[Query], dataset_k
     key = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "model_path": model_path,
-        "eval": OmegaConf.to_container(cfg.eval, resolve=True),
+        # prices and report-only settings do not change the base model's answers
+        "eval": {k: v for k, v in OmegaConf.to_container(cfg.eval, resolve=True).items() if k not in ("cost",)},
         "dataset": dataset_key,
         "queries": [[q.prompt, q.reference] for q in qs],
         "label": label,
         "seed": cfg.seed,
+        "format": 2,  # 2: per-example answers and scores
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(cfg.cache_dir) / "evals" / f"{label}-{digest}.json"
