@@ -17,7 +17,7 @@ CHOICES = {
     "method.name": {"full", "lora", "dora", "qlora"},
     "hardware.kind": {"local", "distributed", "cloud"},
     "hardware.device": {"auto", "cpu", "cuda"},
-    "logger.name": {"none", "jsonl", "tensorboard", "wandb"},
+    "logger.name": {"none", "jsonl", "tensorboard", "wandb", "mlflow"},
     "logger.mode": {"online", "offline", "disabled"},
 }
 

@@ -120,6 +120,7 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
         return results
     results["data"] = {"cache_key": prepared.cache_key, "cache_hit": prepared.cache_hit, **prepared.stats}
     report.write_report(run_dir, results, trainer.state.log_history, f"hydratune run: {cfg.run_name}")
+    loggers.finish(trainer)
     log.info("report: %s", run_dir / "report.md")
     return results
 

@@ -244,7 +244,7 @@ class CloudHardwareSchema(LocalHardwareSchema):
 
 @dataclass
 class LoggerSchema:
-    #: none, jsonl, tensorboard or wandb.
+    #: none, jsonl, tensorboard, wandb or mlflow.
     name: str = MISSING
     #: Training-log interval in optimizer steps.
     logging_steps: int = 1
@@ -253,6 +253,10 @@ class LoggerSchema:
     project: str = "hydratune"
     mode: str = "offline"
     timeout_s: float = 5.0
+    #: mlflow: tracking URI (null: MLFLOW_TRACKING_URI, else a local SQLite store in the run or sweep dir) and
+    #: experiment (null: the run name, or the sweep dir so that a sweep's runs share one experiment).
+    tracking_uri: str | None = None
+    experiment: str | None = None
 
 
 @dataclass
