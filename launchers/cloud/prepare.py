@@ -28,6 +28,8 @@ class Prepared:
     validation_sha256: str | None
     estimate: pricing.Estimate
     stats: dict[str, Any] = field(default_factory=dict)
+    #: The canonical rows (trainer.data.Examples): evaluation builds its queries from them, as local runs do.
+    examples: Any = None
 
 
 def provider_model(cfg: Any) -> str:
@@ -89,7 +91,7 @@ def _prepare(cfg: Any, run_dir: Path) -> Prepared:
         f"max {stats['tokens']['max']} ({cfg.model.encoding})."
     )
     print(f"hydratune: cost estimate: {estimate.summary()}")
-    return Prepared(train, validation, run_dir / TRAIN_FILE, train_sha, val_path, val_sha, estimate, stats)
+    return Prepared(train, validation, run_dir / TRAIN_FILE, train_sha, val_path, val_sha, estimate, stats, examples)
 
 
 def _stats(rows: list[dict[str, Any]], counts: list[int], assistant: list[int]) -> dict[str, Any]:
