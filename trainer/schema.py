@@ -49,6 +49,18 @@ class ModelSchema:
     max_context: int | None = None
     #: Tokenizer family for provider models (tiktoken encoding name, e.g. o200k_base).
     encoding: str | None = None
+    #: Provider models: the provider's published retirement dates, by provider name (hardware.provider).
+    lifecycle: dict[str, LifecycleSchema] = field(default_factory=dict)
+
+
+@dataclass
+class LifecycleSchema:
+    #: The day the provider stops accepting new fine-tuning jobs for this model (YYYY-MM-DD; null = not announced).
+    training_closes: str | None = None
+    #: The day the model, and every fine-tune built on it, stops answering (YYYY-MM-DD; null = not announced).
+    shutdown: str | None = None
+    #: What to use instead, named in the error and the warnings (config options, e.g. "hardware=together ...").
+    replacements: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- dataset

@@ -115,6 +115,8 @@ def finish(
             "final": _final(history),
         },
     }
+    if prepared.lifecycle is not None and prepared.lifecycle.closing_soon:
+        metrics["lifecycle"] = prepared.lifecycle.as_dict()
     if cfg.eval.enabled:
         metrics.update(evaluate_all(cfg, client, state, retry, prepared, job.fine_tuned_model, run_dir))
     write_report(run_dir, metrics, history, f"{cfg.run_name}: {job.model} fine-tuned at {cfg.hardware.provider}")
