@@ -31,6 +31,8 @@ class Prepared:
     stats: dict[str, Any] = field(default_factory=dict)
     #: The model's retirement dates at this provider (None when none are known).
     lifecycle: lifecycle.Lifecycle | None = None
+    #: The canonical rows (trainer.data.Examples): evaluation builds its queries from them, as local runs do.
+    examples: Any = None
 
 
 def load_examples(dataset_cfg: Any, run_dir: Path) -> Any:
@@ -91,7 +93,9 @@ def _prepare(cfg: Any, run_dir: Path) -> Prepared:
     if life is not None and life.closing_soon:
         print(f"hydratune: WARNING: {life.warning()}")
         log.warning("%s", life.warning())
-    return Prepared(train, validation, run_dir / TRAIN_FILE, train_sha, val_path, val_sha, estimate, stats, life)
+    return Prepared(
+        train, validation, run_dir / TRAIN_FILE, train_sha, val_path, val_sha, estimate, stats, life, examples
+    )
 
 
 def _stats(rows: list[dict[str, Any]], counts: list[int], assistant: list[int]) -> dict[str, Any]:
