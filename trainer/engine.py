@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainer import data, evaluation, loggers, models, report
+from trainer import data, endpoint_eval, evaluation, loggers, models, report
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -127,8 +127,11 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
         results["finetuned"] = evaluation.evaluate(trainer, tokenizer, cfg, queries, "finetuned")
     if not main:
         return results
+    if cfg.eval.enabled and endpoint_eval.configured(cfg.eval):
+        results["compare"] = endpoint_eval.compare_models(cfg.eval, queries, run_dir=run_dir)
     results["data"] = {"cache_key": prepared.cache_key, "cache_hit": prepared.cache_hit, **prepared.stats}
     report.write_report(run_dir, results, trainer.state.log_history, f"hydratune run: {cfg.run_name}")
+    loggers.finish(trainer)
     log.info("report: %s", run_dir / "report.md")
     return results
 
@@ -176,15 +179,26 @@ def base_sections(cfg, trainer, tokenizer, queries, model_path, prepared, main: 
 
 
 def evaluate_only(cfg: DictConfig, run_dir: Path, device: str) -> dict:
-    """``hydratune eval``: the configured model on the held-out split, no training (one 'base' section)."""
+    """``hydratune eval``: the configured model on the held-out split, no training (one 'base' section), or with
+    eval.endpoint the model behind that endpoint (no weights load), plus eval.compare_models."""
     from transformers import set_seed
 
     set_seed(cfg.seed)
+    if cfg.eval.endpoint.base_url:
+        examples = data.load_examples(cfg.dataset, run_dir)
+        queries = evaluation.queries(examples.validation, cfg.eval.max_examples)
+        results = {"compare": endpoint_eval.compare_models(cfg.eval, queries, run_dir=run_dir)}
+        report.write_report(
+            run_dir, results, [], f"hydratune eval: {cfg.eval.endpoint.model} at {cfg.eval.endpoint.base_url}"
+        )
+        return results
     hardware = weight_dtype(cfg, device)
     _, tokenizer, _, model = load_model_and_tokenizer(cfg, device, hardware["model_dtype"])
     prepared = data.prepare(cfg, tokenizer, run_dir)
     trainer = build_trainer(cfg, run_dir, device, model, tokenizer, prepared)
     queries = evaluation.queries(prepared.examples.validation, cfg.eval.max_examples)
     results = {"hardware": hardware, "base": evaluation.evaluate(trainer, tokenizer, cfg, queries, "base")}
+    if endpoint_eval.configured(cfg.eval):
+        results["compare"] = endpoint_eval.compare_models(cfg.eval, queries, run_dir=run_dir)
     report.write_report(run_dir, results, [], f"hydratune eval: {cfg.model.name_or_path}")
     return results
