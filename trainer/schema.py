@@ -34,7 +34,8 @@ class ModelSchema:
     name_or_path: str = MISSING
     #: Model revision (branch, tag or commit) for hub models.
     revision: str | None = None
-    #: Weight dtype: auto (bf16 on a GPU that supports it, else fp32), float32, bfloat16 or float16.
+    #: Weight dtype: float32, bfloat16, float16 or auto: bf16 on a GPU that supports it (else fp16; fp32 for full
+    #: fine-tuning), bf16 on a CPU with native bf16 (AMX or AVX512_BF16 by torch's report), else float32.
     dtype: str = "auto"
     #: A Jinja chat template replacing the tokenizer's own (``null`` keeps the tokenizer's template).
     #: ``chatml`` selects the ChatML template, for base models that ship none.
