@@ -11,6 +11,10 @@ def launch(cfg: DictConfig, command: str) -> float | None:
     from trainer.config_checks import check_config
 
     check_config(cfg)
+    if cfg.logger.name == "mlflow":  # store and experiment decided once, here: workers load the written config
+        from trainer.mlflow_tracking import resolve
+
+        resolve(cfg)
     kind = cfg.hardware.kind
     if kind == "local":
         from launchers import local

@@ -14,6 +14,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Provider model lifecycles are checked against this day (launchers/cloud/lifecycle.py), so that tests using
+# gpt-4o-mini do not start failing when OpenAI shuts it down; tests of the lifecycle itself set their own day.
+os.environ.setdefault("HYDRATUNE_TODAY", "2026-12-01")
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).resolve().parent / "assets"

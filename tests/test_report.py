@@ -98,3 +98,15 @@ def test_report_command_explains_a_folder_that_is_no_run(tmp_path):
     result = hydratune("report", str(tmp_path), cache=tmp_path / "c")
     assert result.returncode == 2
     assert "is neither a run dir (no metrics.json" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_compared_models_are_paired_with_the_fine_tuned_model(tmp_path):
+    m = metrics([0, 1], list(range(25)))
+    m["compare"] = {"gpt-x": section(list(range(24)), "gpt said")}
+    report.write_report(tmp_path, m, [], "with a compared model")
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    pairs = {(c["reference"], c["candidate"], c["metric"]): c for c in saved["comparisons"]}
+    assert pairs["compare.gpt-x", "finetuned", "exact_match"]["verdict"] == "no significant difference"
+    assert pairs["base", "compare.gpt-x", "exact_match"]["verdict"] == "better"
+    assert "per_example" not in saved["compare"]["gpt-x"]
+    assert "| fine-tuned | gpt-x | exact_match | +0.0333 |" in (tmp_path / "report.md").read_text()

@@ -17,7 +17,7 @@ CHOICES = {
     "method.name": {"full", "lora", "dora", "qlora"},
     "hardware.kind": {"local", "distributed", "cloud"},
     "hardware.device": {"auto", "cpu", "cuda"},
-    "logger.name": {"none", "jsonl", "tensorboard", "wandb"},
+    "logger.name": {"none", "jsonl", "tensorboard", "wandb", "mlflow"},
     "logger.mode": {"online", "offline", "disabled"},
 }
 
@@ -33,6 +33,10 @@ def check_config(cfg: DictConfig) -> None:
         if value is not None:
             check_args(f"method.{node}", OmegaConf.to_container(value, resolve=True))
     _check_combinations(cfg)
+    if cfg.eval.enabled:
+        from trainer.endpoint_eval import configured
+
+        configured(cfg.eval)  # every compared endpoint has a name, base_url, model, and its key variable is set
 
 
 def _check_combinations(cfg: DictConfig) -> None:

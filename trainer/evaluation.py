@@ -33,14 +33,19 @@ class Query:
 
 
 def queries(rows: list[dict], limit: int | None) -> list[Query]:
-    """Held-out rows -> queries: a chat row is asked everything before its last assistant message."""
+    """Held-out rows -> queries: a chat row is asked everything before its last assistant message (a row with
+    nothing before it is no query), a preference row its prompt with the chosen answer as the reference."""
     out = []
     for row in rows:
         if "messages" in row:
             messages = row["messages"]
             last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-            if last is not None:
+            if last:
                 out.append(Query([_plain(m) for m in messages[:last]], messages[last]["content"]))
+        elif "chosen" in row and isinstance(row.get("prompt"), list):
+            answers = [m for m in row["chosen"] if m["role"] == "assistant"]
+            if row["prompt"] and answers:
+                out.append(Query([_plain(m) for m in row["prompt"]], answers[-1]["content"]))
         elif "completion" in row and isinstance(row.get("prompt"), str):
             out.append(Query(row["prompt"], row["completion"]))
     return out[:limit] if limit is not None else out
@@ -106,27 +111,44 @@ def evaluate(trainer, tokenizer, cfg: DictConfig, qs: list[Query], label: str, r
         return result
     prompts = [render(tokenizer, q) for q in qs]
     predictions = generate(trainer.model, tokenizer, prompts, cfg.eval, desc=f"generate ({label})")
-    metrics = [instantiate(m) for m in cfg.eval.metrics]
+    prompt_tokens = [len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+    answer_tokens = [len(tokenizer(p, add_special_tokens=False).input_ids) for p in predictions]
+    result.update(scores(cfg.eval.metrics, qs, predictions, prompt_tokens, prompts, answer_tokens))
+    return result
+
+
+def scores(
+    metric_cfgs,
+    qs: list[Query],
+    predictions: list[str],
+    prompt_tokens: list[int],
+    shown: list[str],
+    answer_tokens: list[int] | None = None,
+) -> dict:
+    """One section of metrics.json from the answers to ``qs``, wherever they were generated (in this process or
+    behind an endpoint): the mean of each configured metric, prompt (and answer) tokens per query, the count, 5
+    samples, and every example's answer and scores (``per_example``: the report's paired statistics, flips and
+    example table; the report moves them from metrics.json into examples.jsonl)."""
+    result: dict = {}
     per_example = {
-        "prompt": [p[-PROMPT_CHARS:] for p in prompts],
+        "prompt": [p[-PROMPT_CHARS:] for p in shown],
         "reference": [q.reference for q in qs],
         "prediction": predictions,
-        "prompt_tokens": [len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts],
-        "answer_tokens": [len(tokenizer(p, add_special_tokens=False).input_ids) for p in predictions],
+        "prompt_tokens": prompt_tokens,
+        "answer_tokens": answer_tokens,
         "scores": {},
     }
-    for metric in metrics:
-        scores = [float(metric(p, q.reference)) for p, q in zip(predictions, qs, strict=True)]
-        per_example["scores"][metric.name] = scores
-        result[metric.name] = sum(scores) / len(scores)
-    result["prompt_tokens_per_query"] = sum(per_example["prompt_tokens"]) / len(prompts)
-    result["answer_tokens_per_query"] = sum(per_example["answer_tokens"]) / len(prompts)
+    for metric in (instantiate(m) for m in metric_cfgs):
+        values = [float(metric(p, q.reference)) for p, q in zip(predictions, qs, strict=True)]
+        per_example["scores"][metric.name] = values
+        result[metric.name] = sum(values) / len(values)
+    result["prompt_tokens_per_query"] = sum(prompt_tokens) / len(prompt_tokens)
+    if answer_tokens is not None:
+        result["answer_tokens_per_query"] = sum(answer_tokens) / len(answer_tokens)
     result["examples"] = len(qs)
-    # Every example's answer and scores: the report's paired statistics, flips and example table (the report
-    # moves them from metrics.json into examples.jsonl).
     result["per_example"] = per_example
     result["samples"] = [
-        {"prompt": prompts[i][-300:], "prediction": predictions[i], "reference": qs[i].reference}
+        {"prompt": shown[i][-300:], "prediction": predictions[i], "reference": qs[i].reference}
         for i in range(min(5, len(qs)))
     ]
     return result
@@ -134,11 +156,14 @@ def evaluate(trainer, tokenizer, cfg: DictConfig, qs: list[Query], label: str, r
 
 def base_cache_file(cfg: DictConfig, model_path: str, qs: list[Query], dataset_key: str, label: str) -> Path:
     """Where the base model's results for this (model, data, eval settings) are cached across runs and sweeps."""
+    settings = OmegaConf.to_container(cfg.eval, resolve=True)
+    # other columns, prices and report-only settings: the base model's answers do not change
+    for other in ("endpoint", "compare_models", "cost"):
+        settings.pop(other, None)
     key = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "model_path": model_path,
-        # prices and report-only settings do not change the base model's answers
-        "eval": {k: v for k, v in OmegaConf.to_container(cfg.eval, resolve=True).items() if k not in ("cost",)},
+        "eval": settings,
         "dataset": dataset_key,
         "queries": [[q.prompt, q.reference] for q in qs],
         "label": label,

@@ -27,17 +27,16 @@ WORST = 5
 
 
 def write_report(run_dir: Path, metrics: dict, history: list[dict], title: str) -> None:
-    """Write metrics.json (all sections, the comparisons and flips), examples.jsonl, history.json,
-    loss_curve.png (when there is a history), report.md and report.html."""
+    """Write metrics.json (all sections, the comparisons and flips), examples.jsonl, history.json (the title and the
+    training log), loss_curve.png (when there is a history), report.md and report.html."""
     run_dir = Path(run_dir)
     examples = pop_examples(metrics)
-    metrics["title"] = title
     analyse(metrics, examples)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     with open(run_dir / "examples.jsonl", "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in examples)
-    (run_dir / "history.json").write_text(json.dumps(history, default=str) + "\n")
-    render(run_dir, metrics, examples, history)
+    (run_dir / "history.json").write_text(json.dumps({"title": title, "log_history": history}, default=str) + "\n")
+    render(run_dir, metrics, examples, history, title)
 
 
 def rebuild(run_dir: Path) -> Path:
@@ -45,15 +44,15 @@ def rebuild(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     examples = read_examples(run_dir)
-    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
+    saved = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else {}
     analyse(metrics, examples)
-    return render(run_dir, metrics, examples, history)
+    title = saved.get("title") or f"hydratune run: {run_dir.name}"
+    return render(run_dir, metrics, examples, saved.get("log_history") or [], title)
 
 
-def render(run_dir: Path, metrics: dict, examples: list[dict], history: list[dict]) -> Path:
+def render(run_dir: Path, metrics: dict, examples: list[dict], history: list[dict], title: str) -> Path:
     from trainer import report_html
 
-    title = metrics.get("title") or f"hydratune run: {run_dir.name}"
     plot = plot_losses(history, run_dir / "loss_curve.png")
     (run_dir / "report.md").write_text(render_markdown(metrics, title, plot, examples))
     html = run_dir / "report.html"
@@ -72,38 +71,38 @@ def read_examples(run_dir: Path) -> list[dict]:
 
 
 def section_order(metrics: dict) -> list[str]:
-    """base, few_shot, any other evaluated section (compared models), finetuned last: each later section is compared
-    with every earlier one, so the fine-tuned model is compared with everything."""
-    others = [
-        k
-        for k, v in metrics.items()
-        if isinstance(v, dict) and _is_section(v) and k not in SECTIONS and k not in ANALYSIS_KEYS
-    ]
-    return [s for s in ("base", "few_shot", *others, "finetuned") if isinstance(metrics.get(s), dict)]
+    """base, few_shot, each compared model (``compare.<name>``), finetuned last: each later section is compared with
+    every earlier one, so the fine-tuned model is compared with everything."""
+    others = [f"compare.{name}" for name, _ in compared(metrics)]
+    return [s for s in ("base", "few_shot", *others, "finetuned") if isinstance(section(metrics, s), dict)]
 
 
-def _is_section(value: dict) -> bool:
-    return "per_example" in value or ("examples" in value and any(k in value for k in PRIMARY))
+def section(metrics: dict, key: str) -> dict | None:
+    """``base`` -> metrics["base"]; ``compare.NAME`` -> metrics["compare"]["NAME"]."""
+    if key.startswith("compare."):
+        return (metrics.get("compare") or {}).get(key.removeprefix("compare."))
+    return metrics.get(key)
 
 
 def pop_examples(metrics: dict) -> list[dict]:
     """Move each section's ``per_example`` lists out of ``metrics``; returns one row per example:
     ``{"index", "prompt", "reference", "answers": {section: {"prediction", "scores", ...}}}``."""
     rows: list[dict] = []
-    for section in section_order(metrics):
-        per = metrics[section].pop("per_example", None)
+    for key in section_order(metrics):
+        per = section(metrics, key).pop("per_example", None)
         if not per:
             continue
+        answer_tokens = per.get("answer_tokens") or [None] * len(per["prediction"])
         for i, prediction in enumerate(per["prediction"]):
             if i == len(rows):
                 rows.append({"index": i, "prompt": per["prompt"][i], "reference": per["reference"][i], "answers": {}})
-            elif section != "few_shot" and len(per["prompt"][i]) < len(rows[i]["prompt"]):
-                rows[i]["prompt"] = per["prompt"][i]  # the plain question rather than the few-shot prompt
-            rows[i]["answers"][section] = {
+            elif key in ("base", "finetuned"):
+                rows[i]["prompt"] = per["prompt"][i]  # the plain question rather than a few-shot prompt
+            rows[i]["answers"][key] = {
                 "prediction": prediction,
-                "scores": {m: s[i] for m, s in per["scores"].items()},
+                "scores": {m: v[i] for m, v in per["scores"].items()},
                 "prompt_tokens": per["prompt_tokens"][i],
-                "answer_tokens": per["answer_tokens"][i],
+                "answer_tokens": answer_tokens[i],
             }
     return rows
 
@@ -204,23 +203,32 @@ def plot_losses(history: list[dict], path: Path) -> Path | None:
 
 
 def heading(section: str) -> str:
-    return _HEADINGS.get(section, section)
+    return _HEADINGS.get(section, section.removeprefix("compare."))
+
+
+def compared(metrics: dict) -> list[tuple[str, dict]]:
+    """(name, section) of each compared model (``compare.<name>``: eval.endpoint and eval.compare_models)."""
+    return [(name, section) for name, section in (metrics.get("compare") or {}).items() if isinstance(section, dict)]
 
 
 def comparison_rows(metrics: dict) -> tuple[list[str], list[tuple[str, list[str]]]]:
-    """The base-vs-fine-tuned table: column headings and one row per metric shared by the sections."""
-    sections = section_order(metrics)
+    """The base-vs-fine-tuned table: column headings and one row per metric of any column; the compared models'
+    columns come after the change."""
+    sections = [s for s in SECTIONS if isinstance(metrics.get(s), dict)]
+    change = {"base", "finetuned"} <= set(sections)
+    others = compared(metrics)
     names: list[str] = []
-    for s in sections:
-        names += [k for k, v in metrics[s].items() if isinstance(v, int | float) and k not in names]
+    for values in [metrics[s] for s in sections] + [values for _, values in others]:
+        names += [k for k, v in values.items() if isinstance(v, int | float) and k not in names]
     rows = []
     for name in names:
         cells = [_fmt(metrics[s].get(name)) for s in sections]
-        if "base" in sections and "finetuned" in sections:
+        if change:
             same_data = name == "examples"  # a count, not a score: no change to show
             cells.append("-" if same_data else _delta(metrics["base"].get(name), metrics["finetuned"].get(name), name))
+        cells += [_fmt(values.get(name)) for _, values in others]
         rows.append((name, cells))
-    headings = [heading(s) for s in sections] + (["change"] if {"base", "finetuned"} <= set(sections) else [])
+    headings = [heading(s) for s in sections] + (["change"] if change else []) + [name for name, _ in others]
     return headings, rows
 
 
@@ -298,7 +306,7 @@ def render_markdown(metrics: dict, title: str, plot: Path | None, examples: list
     if plot is not None:
         lines += [f"![loss curve]({plot.name})", ""]
     for key, value in metrics.items():
-        if key not in SECTIONS and key not in ANALYSIS_KEYS and key != "title" and key not in section_order(metrics):
+        if key not in (*SECTIONS, *ANALYSIS_KEYS, "compare"):
             lines += [f"## {key}", "", "```", json.dumps(value, indent=2, default=str), "```", ""]
     samples = (metrics.get("finetuned") or {}).get("samples") or []
     if samples:

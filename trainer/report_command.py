@@ -23,7 +23,8 @@ def main(argv: list[str]) -> None:
         from trainer import report_html
 
         reports = [json.loads((d / "metrics.json").read_text()) for d in runs]
-        args.out.write_text(report_html.compare_page(runs, reports))
+        titles = [_title(d) for d in runs]
+        args.out.write_text(report_html.compare_page(runs, reports, titles))
         print(args.out)
 
 
@@ -54,3 +55,8 @@ def objective_of(run_dirs: list[Path]) -> tuple[str, str]:
             if "objective" in cfg:
                 return str(cfg.objective.metric), str(cfg.objective.direction)
     return "finetuned.eval_loss", "minimize"
+
+
+def _title(run_dir: Path) -> str:
+    saved = run_dir / "history.json"
+    return (json.loads(saved.read_text()).get("title") if saved.is_file() else None) or run_dir.name

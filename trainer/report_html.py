@@ -69,7 +69,7 @@ def run_page(metrics: dict, title: str, plot: Path | None, examples: list[dict])
         }
         for s in present
     ]
-    shown = set(order) | set(report.ANALYSIS_KEYS) | {"title"}
+    shown = set(order) | set(report.ANALYSIS_KEYS) | {"compare"}
     other = [(k, json.dumps(v, indent=2, default=str)) for k, v in metrics.items() if k not in shown]
     return (
         environment()
@@ -138,18 +138,15 @@ def sweep_page(runs: list, header: list[str], rows: list[list[str]], metric: str
     )
 
 
-def compare_page(run_dirs: list[Path], reports: list[dict]) -> str:
+def compare_page(run_dirs: list[Path], reports: list[dict], titles: list[str]) -> str:
     """Several runs side by side: each one's verdict, every metric of every section, the break-even."""
     names: list[str] = []
     for m in reports:
-        for section in report.section_order(m):
-            for k, v in m[section].items():
-                if isinstance(v, int | float) and f"{section}.{k}" not in names:
-                    names.append(f"{section}.{k}")
-    rows = []
-    for name in names:
-        section, key = name.split(".", 1)
-        rows.append((name, [report._fmt((m.get(section) or {}).get(key)) for m in reports]))
+        for key in report.section_order(m):
+            for k, v in report.section(m, key).items():
+                if isinstance(v, int | float) and (key, k) not in names:
+                    names.append((key, k))
+    rows = [(f"{key}.{k}", [report._fmt((report.section(m, key) or {}).get(k)) for m in reports]) for key, k in names]
     verdicts = [bold(report.verdict(m)) for m in reports]
     break_even = [m.get("break_even", {}) or {} for m in reports]
     return (
@@ -157,10 +154,7 @@ def compare_page(run_dirs: list[Path], reports: list[dict]) -> str:
         .get_template("compare.html.jinja")
         .render(
             title=f"{len(run_dirs)} runs side by side",
-            runs=[
-                {"name": d.name, "path": str(d), "title": m.get("title", d.name)}
-                for d, m in zip(run_dirs, reports, strict=True)
-            ],
+            runs=[{"name": d.name, "path": str(d), "title": t} for d, t in zip(run_dirs, titles, strict=True)],
             verdicts=verdicts,
             rows=rows,
             break_even=[b.get("break_even_queries") for b in break_even],
