@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from launchers.cloud.checks import check_cloud
-from tests.conftest import compose
+from tests.helpers import compose
 from trainer.errors import UserError
+from trainer.schema import hardware_schema
 
 MODELS = ["gpt_4o_mini", "gpt_4_1_mini", "gpt_4_1_nano", "gpt_35_turbo"]
 
@@ -17,7 +18,7 @@ def test_every_cloud_option_composes_and_passes_the_checks(hardware, model):
     from trainer.config_checks import check_config
 
     cfg = compose(f"hardware={hardware}", f"model={model}")
-    assert cfg.hardware.kind == "cloud" and cfg.model.source == "provider" and cfg.model.encoding
+    assert hardware_schema(cfg).runner == "launchers.cloud" and cfg.model.source == "provider" and cfg.model.encoding
     check_config(cfg)
     check_cloud(cfg)
     assert cfg.model.name_or_path.replace("gpt-3.5", "gpt-35") in cfg.hardware.price_per_million_training_tokens or (
