@@ -16,4 +16,8 @@ def launch(cfg: DictConfig, command: str) -> None:
     from trainer.config_checks import check_config
 
     check_config(cfg)
+    if cfg.logger.name == "mlflow":  # store and experiment decided once, here: workers load the written config
+        from trainer.mlflow_tracking import resolve
+
+        resolve(cfg)
     importlib.import_module(hardware_schema(cfg).runner).run(cfg, command)

@@ -12,6 +12,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Provider model lifecycles are checked against this day (launchers/cloud/lifecycle.py), so that tests using
+# gpt-4o-mini do not start failing when OpenAI shuts it down; tests of the lifecycle itself set their own day.
+os.environ.setdefault("HYDRATUNE_TODAY", "2026-12-01")
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ CHOICES = {
     "dataset.on_error": {"fail", "skip"},
     "method.name": {"full", "lora", "dora", "qlora"},
     "hardware.device": {"auto", "cpu", "cuda"},
-    "logger.name": {"none", "jsonl", "tensorboard", "wandb"},
+    "logger.name": {"none", "jsonl", "tensorboard", "wandb", "mlflow"},
     "logger.mode": {"online", "offline", "disabled"},
 }
 
@@ -61,6 +61,10 @@ def check_config(cfg: DictConfig) -> None:
         if value is not None:
             check_args(f"method.{node}", OmegaConf.to_container(value, resolve=True))
     _check_combinations(cfg)
+    if cfg.eval.enabled:
+        from trainer.endpoint_eval import configured
+
+        configured(cfg.eval)  # every compared endpoint has a name, base_url, model, and its key variable is set
 
 
 def _check_combinations(cfg: DictConfig) -> None:

@@ -46,7 +46,8 @@ class ModelSchema:
     name_or_path: str = MISSING
     #: Model revision (branch, tag or commit) for hub models.
     revision: str | None = None
-    #: Weight dtype: auto (bf16 on a GPU that supports it, else fp32), float32, bfloat16 or float16.
+    #: Weight dtype: float32, bfloat16, float16 or auto: bf16 on a GPU that supports it (else fp16; fp32 for full
+    #: fine-tuning), bf16 on a CPU with native bf16 (AMX or AVX512_BF16 by torch's report), else float32.
     dtype: str = "auto"
     #: A Jinja chat template replacing the tokenizer's own (``null`` keeps the tokenizer's template).
     #: ``chatml`` selects the ChatML template, for base models that ship none.
@@ -61,6 +62,18 @@ class ModelSchema:
     max_context: int | None = at_least(1, None)
     #: Tokenizer family for provider models (tiktoken encoding name, e.g. o200k_base).
     encoding: str | None = None
+    #: Provider models: the provider's published retirement dates, by provider name (hardware.provider).
+    lifecycle: dict[str, LifecycleSchema] = field(default_factory=dict)
+
+
+@dataclass
+class LifecycleSchema:
+    #: The day the provider stops accepting new fine-tuning jobs for this model (YYYY-MM-DD; null = not announced).
+    training_closes: str | None = None
+    #: The day the model, and every fine-tune built on it, stops answering (YYYY-MM-DD; null = not announced).
+    shutdown: str | None = None
+    #: What to use instead, named in the error and the warnings (config options, e.g. "hardware=together ...").
+    replacements: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- dataset
@@ -269,7 +282,7 @@ class CloudHardwareSchema(HardwareSchema):
 
 @dataclass
 class LoggerSchema:
-    #: none, jsonl, tensorboard or wandb.
+    #: none, jsonl, tensorboard, wandb or mlflow.
     name: str = MISSING
     #: Training-log interval in optimizer steps.
     logging_steps: int = at_least(1, 1)
@@ -278,6 +291,10 @@ class LoggerSchema:
     project: str = "hydratune"
     mode: str = "offline"
     timeout_s: float = at_least(0, 5.0)
+    #: mlflow: tracking URI (null: MLFLOW_TRACKING_URI, else a local SQLite store in the run or sweep dir) and
+    #: experiment (null: the run name, or the sweep dir so that a sweep's runs share one experiment).
+    tracking_uri: str | None = None
+    experiment: str | None = None
 
 
 @dataclass
@@ -307,6 +324,35 @@ class EvalSchema:
     metrics: list[Any] = field(default_factory=list)
     #: Reuse the base model's results from the cache when model, data and eval settings are unchanged.
     cache_base: bool = True
+    #: A model behind an OpenAI-compatible endpoint, evaluated as one more column (``eval.endpoint.name``);
+    #: `hydratune eval` then evaluates it instead of loading ``model`` (no weights load), e.g.
+    #: ``eval.endpoint.base_url=http://127.0.0.1:8000/v1 eval.endpoint.model=NAME`` for a model that
+    #: `hydratune serve` serves. Off while base_url is null.
+    endpoint: EndpointSchema = field(default_factory=lambda: EndpointSchema(name="endpoint"))
+    #: More columns: models behind OpenAI-compatible chat APIs (providers, served models) asked the same held-out
+    #: queries and scored with the same metrics, e.g.
+    #: ``eval.compare_models='[{name: gpt-4o-mini, base_url: "https://api.openai.com/v1", model: gpt-4o-mini,
+    #: api_key_env: OPENAI_API_KEY}]'``. Results go to metrics.json's ``compare`` section and the report's table.
+    compare_models: list[EndpointSchema] = field(default_factory=list)
+
+
+@dataclass
+class EndpointSchema:
+    #: The column name in metrics.json (``compare.<name>``) and report.md.
+    name: str = MISSING
+    #: Base URL of the OpenAI-compatible API, ending in /v1 (https://api.openai.com/v1, http://127.0.0.1:8000/v1).
+    base_url: str | None = None
+    #: The model name that API knows (a provider model, a fine-tuned model id, a served model's name).
+    model: str | None = None
+    #: Name of the environment variable that holds the API key (never the key itself); null sends no real key
+    #: (local servers check none).
+    api_key_env: str | None = None
+    #: Requests in flight at once.
+    concurrency: int = at_least(1, 4)
+    #: Retries of a request answered 408/409/429/5xx or dropped (exponential backoff; Retry-After honoured).
+    max_retries: int = at_least(0, 6)
+    #: Seconds one request may take.
+    timeout_s: float = above(0, 120.0)
 
 
 # ---------------------------------------------------------------- objective

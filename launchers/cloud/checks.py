@@ -6,6 +6,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from launchers.cloud import lifecycle
 from trainer.errors import UserError, choice_error
 from trainer.schema import is_cloud
 
@@ -13,7 +14,7 @@ PROVIDERS = ("openai", "azure_openai")
 OBJECTIVES = ("supervised", "dpo")
 ON_INTERRUPT = ("detach", "cancel")
 HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier", "dpo_beta")
-PROVIDER_MODELS = "model=gpt_4o_mini, gpt_4_1_mini, gpt_4_1_nano or gpt_35_turbo"
+PROVIDER_MODELS = "model=gpt_4o_mini, gpt_4_1_mini, gpt_4o or gpt_4_1"
 SUPPORTS = (
     "The provider trains its own way: it supports hardware.objective=supervised or dpo and the "
     "hyperparameters hardware.n_epochs, batch_size, learning_rate_multiplier (a number or auto), seed and "
@@ -43,6 +44,7 @@ def check_cloud(cfg: Any) -> None:
             f"hardware={hw.name} fine-tunes a model at the provider, but model.source={model.source} "
             f"({model.name_or_path}) is a local model. Pick a provider model: {PROVIDER_MODELS}."
         )
+    lifecycle.check(cfg)
     if not model.encoding:
         raise UserError(
             f"model.encoding is not set for {model.name_or_path}: hydratune needs the tiktoken encoding "

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launchers.cloud import pricing, provider_data, tokens
+from launchers.cloud import lifecycle, pricing, provider_data, tokens
 
 log = logging.getLogger(__name__)
 TRAIN_FILE, VALIDATION_FILE, ESTIMATE_FILE = "provider_train.jsonl", "provider_validation.jsonl", "cloud_estimate.json"
@@ -28,6 +28,10 @@ class Prepared:
     validation_sha256: str | None
     estimate: pricing.Estimate
     stats: dict[str, Any] = field(default_factory=dict)
+    #: The model's retirement dates at this provider (None when none are known).
+    lifecycle: lifecycle.Lifecycle | None = None
+    #: The canonical rows (trainer.data.Examples): evaluation builds its queries from them, as local runs do.
+    examples: Any = None
 
 
 def provider_model(cfg: Any) -> str:
@@ -82,14 +86,21 @@ def _prepare(cfg: Any, run_dir: Path) -> Prepared:
     train_sha = provider_data.write_jsonl(run_dir / TRAIN_FILE, train)
     val_path = run_dir / VALIDATION_FILE if validation else None
     val_sha = provider_data.write_jsonl(val_path, validation) if val_path else None
-    (run_dir / ESTIMATE_FILE).write_text(json.dumps({"estimate": estimate.as_dict(), "stats": stats}, indent=2))
+    life = lifecycle.lifecycle(cfg)
+    estimate_file = {"estimate": estimate.as_dict(), "stats": stats, "lifecycle": life.as_dict() if life else None}
+    (run_dir / ESTIMATE_FILE).write_text(json.dumps(estimate_file, indent=2))
     print(
         f"hydratune: {hw.provider} {model}: {len(train)} training / {len(validation)} validation examples; "
         f"tokens per example min {stats['tokens']['min']}, mean {stats['tokens']['mean']:.0f}, "
         f"max {stats['tokens']['max']} ({cfg.model.encoding})."
     )
     print(f"hydratune: cost estimate: {estimate.summary()}")
-    return Prepared(train, validation, run_dir / TRAIN_FILE, train_sha, val_path, val_sha, estimate, stats)
+    if life is not None and life.closing_soon:
+        print(f"hydratune: WARNING: {life.warning()}")
+        log.warning("%s", life.warning())
+    return Prepared(
+        train, validation, run_dir / TRAIN_FILE, train_sha, val_path, val_sha, estimate, stats, life, examples
+    )
 
 
 def _stats(rows: list[dict[str, Any]], counts: list[int], assistant: list[int]) -> dict[str, Any]:

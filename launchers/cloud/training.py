@@ -7,7 +7,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from launchers.cloud import azure_deploy, evaluate, jobs, uploads
+from launchers.cloud import azure_deploy, jobs, uploads
 from launchers.cloud.checks import check_cloud
 from launchers.cloud.client import make_client, user_errors
 from launchers.cloud.prepare import Prepared, prepare, provider_model
@@ -115,6 +115,8 @@ def finish(
             "final": _final(history),
         },
     }
+    if prepared.lifecycle is not None and prepared.lifecycle.closing_soon:
+        metrics["lifecycle"] = prepared.lifecycle.as_dict()
     if cfg.eval.enabled:
         metrics.update(evaluate_all(cfg, client, state, retry, prepared, job.fine_tuned_model, run_dir))
     write_report(run_dir, metrics, history, f"{cfg.run_name}: {job.model} fine-tuned at {cfg.hardware.provider}")
@@ -133,41 +135,37 @@ def _final(history: list[dict[str, Any]]) -> dict[str, Any]:
 def evaluate_all(
     cfg: Any, client: Any, state: State, retry: Retry, prepared: Prepared, tuned: str, run_dir: Path
 ) -> dict[str, Any]:
-    """Base, few-shot base and fine-tuned columns on the same held-out examples, with the same metrics."""
-    from hydra.utils import instantiate
+    """Base, few-shot base and fine-tuned columns (and eval.compare_models) on the same held-out queries as a
+    local run, with the same metrics: trainer.endpoint_eval with this provider's client and retries."""
+    from trainer import endpoint_eval, evaluation
 
     ev, hw = cfg.eval, cfg.hardware
-    rows = prepared.validation_rows[: ev.max_examples] if ev.max_examples else prepared.validation_rows
-    pairs = [p for p in map(evaluate.prompt_and_reference, rows) if p]
-    if not pairs:
+    queries = evaluation.queries(prepared.examples.validation, ev.max_examples)
+    if not queries:
         log.warning("no held-out examples: evaluation skipped")
         return {}
-    metrics = [instantiate(m) for m in ev.metrics]
     azure = hw.provider == "azure_openai"
     base = hw.base_deployment if azure else provider_model(cfg)
-    common = {
-        "pairs": pairs,
-        "metrics": metrics,
-        "gen_args": evaluate.generation_args(ev.generation),
-        "concurrency": hw.eval_concurrency,
-    }
+
+    def section(model: str, label: str, qs: list) -> dict[str, Any]:
+        return endpoint_eval.evaluate(
+            client, model, qs, ev, hw.eval_concurrency, retry, label, run_dir / f"predictions_{label}.jsonl"
+        )
+
     out: dict[str, Any] = {}
     if base and ev.compare_base:
-        out["base"] = evaluate.evaluate(
-            client, retry, base, predictions_path=run_dir / "predictions_base.jsonl", **common
-        )
+        out["base"] = section(base, "base", queries)
     if base and ev.few_shot:
-        demos = evaluate.demonstrations(prepared.train_rows, int(ev.few_shot))
-        out["few_shot"] = evaluate.evaluate(
-            client, retry, base, demos=demos, predictions_path=run_dir / "predictions_few_shot.jsonl", **common
-        )
+        demos = evaluation.queries(prepared.examples.train, int(ev.few_shot))
+        out["few_shot"] = section(base, "few_shot", [evaluation.with_demonstrations(q, demos) for q in queries])
     if azure and not base:
         log.warning("Azure: hardware.base_deployment is not set, so the base model is not evaluated.")
     with azure_deploy.deployed(cfg, state, tuned) if azure else nullcontext(tuned) as model:
         if model:
-            out["finetuned"] = evaluate.evaluate(
-                client, retry, model, predictions_path=run_dir / "predictions_finetuned.jsonl", **common
-            )
+            out["finetuned"] = section(model, "finetuned", queries)
+    compared = endpoint_eval.compare_models(ev, queries, run_dir=run_dir)
+    if compared:
+        out["compare"] = compared
     return out
 
 
