@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from launchers import deepspeed_config, distributed, slurm
-from tests.conftest import compose, hydratune
+from tests.helpers import compose, hydratune
 from trainer.errors import UserError
+from trainer.schema import hardware_schema
 from trainer.threads import usable_cores
 
 OPTIONS = {"ddp": (0, False), "deepspeed_zero2": (2, False), "deepspeed_zero3": (3, False)}
@@ -23,7 +24,7 @@ def test_every_option_composes_and_its_deepspeed_config_loads(option):
     from transformers.integrations import HfDeepSpeedConfig
 
     cfg = compose(f"hardware={option}", "model=tiny_random")
-    assert cfg.hardware.kind == "distributed" and cfg.hardware.name == option
+    assert hardware_schema(cfg).runner == "launchers.distributed" and cfg.hardware.name == option
     stage, offload = OPTIONS[option]
     ds = deepspeed_config.build(cfg.hardware)
     if stage == 0:

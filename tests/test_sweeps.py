@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import hydratune
+from tests.helpers import hydratune
 from trainer import rundir, sweeps
 from trainer.errors import UserError
 from trainer.threads import usable_cores

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 from trainer import threads
 
 ONE_CORE = {min(os.sched_getaffinity(0))}
