@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, hydratune
+from tests.helpers import REPO, hydratune
 
 TINY = [
     "model=tiny_random",
