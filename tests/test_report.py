@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import hydratune
+from tests.helpers import hydratune
 from trainer import report
 
 N = 30
