@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, compose, hydratune
+from tests.helpers import REPO, compose, hydratune
 from trainer import endpoint_eval, evaluation, export
 
 ANSWER = '["flour", "salt"]'
