@@ -25,10 +25,17 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def load_model_and_tokenizer(cfg: DictConfig, device: str):
+def weight_dtype(cfg: DictConfig, device: str) -> dict:
+    """model.dtype resolved for this device (auto: by what torch reports), logged with the reason."""
+    dtype, why = models.resolve_dtype(cfg.model.dtype, device, full_weights=cfg.method.peft is None)
+    log.info("model.dtype=%s -> %s: %s", cfg.model.dtype, dtype, why)
+    return {"device": device, "model_dtype": dtype, "why": why}
+
+
+def load_model_and_tokenizer(cfg: DictConfig, device: str, dtype: str):
     path = models.resolve_path(cfg.model, cfg.cache_dir)
     tokenizer, added_tokens = models.load_tokenizer(cfg.model, path)
-    model = models.load_model(cfg.model, cfg.method, path, tokenizer, device)
+    model = models.load_model(cfg.model, cfg.method, path, tokenizer, device, dtype)
     log.info(
         "model %s (%s, %.1fM parameters) on %s", cfg.model.name_or_path, path, model.num_parameters() / 1e6, device
     )
@@ -50,7 +57,7 @@ def sft_config(cfg: DictConfig, run_dir: Path, device: str):
         dataset_kwargs={"skip_prepare_dataset": True},  # trainer.data already tokenized, truncated and packed
     )
     if args["bf16"] is None:
-        args["bf16"] = device == "cuda" and models.torch_dtype("auto", device) == models.torch_dtype("bfloat16", device)
+        args["bf16"] = device == "cuda" and models.resolve_dtype("auto", device)[0] == "bfloat16"
     if device != "cuda" and args.get("tf32"):
         raise UserError(
             "train.tf32=true enables TensorFloat-32 matrix products, which only NVIDIA Ampere (or newer) GPUs have, "
@@ -86,7 +93,10 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
 
     set_seed(cfg.seed)
     main = is_main_process()  # every rank trains and evaluates; only rank 0 writes files into the run dir
-    model_path, tokenizer, added_tokens, model = load_model_and_tokenizer(cfg, device)
+    results: dict = {"hardware": weight_dtype(cfg, device)}
+    model_path, tokenizer, added_tokens, model = load_model_and_tokenizer(
+        cfg, device, results["hardware"]["model_dtype"]
+    )
     prepared = data.prepare(cfg, tokenizer, run_dir if main else None)
     log.info("dataset: %d training / %d validation sequences", len(prepared.train), len(prepared.validation))
 
@@ -95,7 +105,6 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     if peft_config is not None:
         trainer.model.print_trainable_parameters()
 
-    results: dict = {}
     queries = evaluation.queries(prepared.examples.validation, cfg.eval.max_examples)
     if cfg.eval.enabled and cfg.eval.compare_base:
         with before_training(trainer):
@@ -185,11 +194,12 @@ def evaluate_only(cfg: DictConfig, run_dir: Path, device: str) -> dict:
             run_dir, results, [], f"hydratune eval: {cfg.eval.endpoint.model} at {cfg.eval.endpoint.base_url}"
         )
         return results
-    _, tokenizer, _, model = load_model_and_tokenizer(cfg, device)
+    hardware = weight_dtype(cfg, device)
+    _, tokenizer, _, model = load_model_and_tokenizer(cfg, device, hardware["model_dtype"])
     prepared = data.prepare(cfg, tokenizer, run_dir)
     trainer = build_trainer(cfg, run_dir, device, model, tokenizer, prepared)
     queries = evaluation.queries(prepared.examples.validation, cfg.eval.max_examples)
-    results = {"base": evaluation.evaluate(trainer, tokenizer, cfg, queries, "base")}
+    results = {"hardware": hardware, "base": evaluation.evaluate(trainer, tokenizer, cfg, queries, "base")}
     if endpoint_eval.configured(cfg.eval):
         results["compare"] = endpoint_eval.compare_models(cfg.eval, queries, run_dir=run_dir)
     report.write_report(run_dir, results, [], f"hydratune eval: {cfg.model.name_or_path}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from launchers.cloud import lifecycle, pricing, provider_data, tokens
+from launchers.cloud import provider as provider_api
 
 log = logging.getLogger(__name__)
 TRAIN_FILE, VALIDATION_FILE, ESTIMATE_FILE = "provider_train.jsonl", "provider_validation.jsonl", "cloud_estimate.json"
@@ -32,12 +33,6 @@ class Prepared:
     lifecycle: lifecycle.Lifecycle | None = None
     #: The canonical rows (trainer.data.Examples): evaluation builds its queries from them, as local runs do.
     examples: Any = None
-
-
-def provider_model(cfg: Any) -> str:
-    """The model name the provider knows: Azure spells gpt-3.5 as gpt-35."""
-    name = str(cfg.model.name_or_path)
-    return name.replace("gpt-3.5", "gpt-35") if cfg.hardware.provider == "azure_openai" else name
 
 
 def load_examples(dataset_cfg: Any, run_dir: Path) -> Any:
@@ -78,9 +73,9 @@ def _prepare(cfg: Any, run_dir: Path) -> Prepared:
     )
     enc = tokens.get_encoding(cfg.model.encoding)
     counts, assistant = tokens.count_examples(train, enc)
-    model = provider_model(cfg)
-    prices = {str(k): float(v) for k, v in hw.price_per_million_training_tokens.items()}
-    estimate = pricing.estimate(model, counts, cfg.model.max_context, hw.n_epochs, prices)
+    provider = provider_api.get(hw)
+    model = provider.model_name(cfg)
+    estimate = pricing.estimate(model, counts, cfg.model.max_context, provider.epochs(cfg), provider.price_table(cfg))
     stats = _stats(train, counts, assistant)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_sha = provider_data.write_jsonl(run_dir / TRAIN_FILE, train)
