@@ -8,7 +8,7 @@ import json
 import pytest
 
 from launchers import distributed, fsdp
-from tests.conftest import compose, hydratune
+from tests.helpers import compose, hydratune
 from trainer.errors import UserError
 
 TINY = ["model=tiny_random", "hardware=fsdp"]
