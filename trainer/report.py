@@ -89,7 +89,7 @@ def pop_examples(metrics: dict) -> list[dict]:
     ``{"index", "prompt", "reference", "answers": {section: {"prediction", "scores", ...}}}``."""
     rows: list[dict] = []
     for key in section_order(metrics):
-        per = section(metrics, key).pop("per_example", None)
+        per = (section(metrics, key) or {}).pop("per_example", None)
         if not per:
             continue
         answer_tokens = per.get("answer_tokens") or [None] * len(per["prediction"])
