@@ -299,6 +299,10 @@ def render_markdown(metrics: dict, title: str, plot: Path | None, examples: list
         lines.append("")
     for f in metrics.get("flips") or []:
         lines += flips_markdown(f)
+    for key in ("regression", "judge"):
+        block = metrics.get(key)
+        if isinstance(block, dict) and block.get("lines"):
+            lines += [f"## {block.get('title', key)}", "", *(f"- {line}" for line in block["lines"]), ""]
     if metrics.get("break_even"):
         from trainer import cost
 
