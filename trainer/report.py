@@ -14,10 +14,12 @@ LOWER_IS_BETTER = {"eval_loss", "perplexity", "prompt_tokens_per_query"}
 
 def write_report(run_dir: Path, metrics: dict, history: list[dict], title: str) -> None:
     """Write metrics.json (all sections), loss_curve.png (when there is a history) and report.md."""
+    from trainer import atomic
+
     run_dir = Path(run_dir)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     plot = plot_losses(history, run_dir / "loss_curve.png")
-    (run_dir / "report.md").write_text(render_markdown(metrics, title, plot))
+    atomic.write_text(run_dir / "report.md", render_markdown(metrics, title, plot))
+    atomic.write_json(run_dir / "metrics.json", metrics, default=str)  # last: it marks the run's results complete
 
 
 def plot_losses(history: list[dict], path: Path) -> Path | None:
@@ -40,7 +42,10 @@ def plot_losses(history: list[dict], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    from trainer import atomic
+
+    with atomic.open_atomic(path, "wb") as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
     return path
 

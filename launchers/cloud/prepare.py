@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import statistics
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from launchers.cloud import pricing, provider_data, tokens
+from trainer import atomic
 
 log = logging.getLogger(__name__)
 TRAIN_FILE, VALIDATION_FILE, ESTIMATE_FILE = "provider_train.jsonl", "provider_validation.jsonl", "cloud_estimate.json"
@@ -82,7 +82,7 @@ def _prepare(cfg: Any, run_dir: Path) -> Prepared:
     train_sha = provider_data.write_jsonl(run_dir / TRAIN_FILE, train)
     val_path = run_dir / VALIDATION_FILE if validation else None
     val_sha = provider_data.write_jsonl(val_path, validation) if val_path else None
-    (run_dir / ESTIMATE_FILE).write_text(json.dumps({"estimate": estimate.as_dict(), "stats": stats}, indent=2))
+    atomic.write_json(run_dir / ESTIMATE_FILE, {"estimate": estimate.as_dict(), "stats": stats})
     print(
         f"hydratune: {hw.provider} {model}: {len(train)} training / {len(validation)} validation examples; "
         f"tokens per example min {stats['tokens']['min']}, mean {stats['tokens']['mean']:.0f}, "
