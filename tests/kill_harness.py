@@ -72,17 +72,19 @@ def main(args: list[str]) -> None:
     started = time.perf_counter()
     log = run_dir.parent / f"{run_dir.name}.children.log"
     argv = [*overrides, f"hydra.run.dir={run_dir}"]
-    done, torn_at_kill, instants = 0, 0, []
+    done, torn_at_kill, instants, early = 0, 0, [], []
     for _ in range(kills):
         before = newest(run_dir)
         pid = fork_run(argv, log)
-        finished = False
+        ended = None
         while newest(run_dir) <= before:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                finished = True
+            waited, status = os.waitpid(pid, os.WNOHANG)
+            if waited:
+                ended = os.waitstatus_to_exitcode(status)
                 break
             time.sleep(0.002)
-        if finished:
+        if ended is not None:  # the run ended before a new checkpoint: finished (0) or failed
+            early.append(ended)
             break
         delay = rng.uniform(0, window)
         time.sleep(delay)
@@ -106,6 +108,7 @@ def main(args: list[str]) -> None:
             {
                 "kills": done,
                 "torn_at_kill": torn_at_kill,
+                "ended_before_kill": early,
                 "instants": instants,
                 "resumed_rc": resumed_rc,
                 "straight_rc": straight_rc,

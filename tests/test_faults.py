@@ -73,13 +73,27 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
 # ---------------------------------------------------------------- a finished run is immutable
 
 
-@pytest.mark.parametrize("command", ["eval", "prepare", "train"])
-def test_a_finished_run_refuses_every_command(finished, cache_dir, command):
+@pytest.mark.parametrize("command", ["prepare", "train"])
+def test_a_finished_run_refuses_prepare_and_train(finished, cache_dir, command):
     before = snapshot(finished)
     result = hydratune(command, *TINY, f"hydra.run.dir={finished}", cache=cache_dir)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "already holds a finished run" in result.stderr and "Traceback" not in result.stderr
     assert snapshot(finished) == before
+
+
+def test_eval_of_a_finished_run_goes_into_a_new_sub_dir(finished, tmp_path, cache_dir):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    before = snapshot(run_dir)
+    result = hydratune("eval", *TINY, f"hydra.run.dir={run_dir}", cache=cache_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (sub,) = run_dir.glob("eval-*")
+    assert {k: v for k, v in snapshot(run_dir).items() if not k.startswith("eval-")} == before
+    assert set(json.loads((sub / "metrics.json").read_text())) == {"base"}
+    assert json.loads((sub / "status.json").read_text())["status"] == "ok"
 
 
 def test_overwrite_moves_the_whole_old_run_aside(finished, tmp_path, cache_dir):
@@ -225,6 +239,7 @@ def run_kills(tmp_path: Path, cache: Path, kills: int, harnesses: int, steps: in
     assert [s for s, _ in expected] == list(range(1, steps + 1))
     for i, report in enumerate(reports):
         assert report["resumed_rc"] == 0 and report["straight_rc"] in (0, None), report
+        assert report["ended_before_kill"] == [], report  # no run crashed (or finished) between kills
         got = losses(tmp_path / f"run{i}")
         assert [s for s, _ in got] == [s for s, _ in expected], "a step is missing or logged twice"
         for (step, a), (_, b) in zip(got, expected, strict=True):

@@ -98,9 +98,11 @@ def release(run_dir: Path | str | None = None) -> None:
 # ---------------------------------------------------------------- start
 
 
-def start(cfg: DictConfig, run_dir: Path, command: str) -> None:
+def start(cfg: DictConfig, run_dir: Path, command: str, carry: tuple[str, ...] = ()) -> Path:
     """Lock ``run_dir`` for ``command``; refuse to modify a finished run (or move it aside with overwrite=true);
-    check a resumed run's config; write config.yaml, overrides.json and status.json ("incomplete")."""
+    check a resumed run's config; write config.yaml, overrides.json and status.json ("incomplete"). Returns the
+    run dir to use: ``eval`` of a finished run goes into a new ``eval-<time>/`` sub-dir of it (``cfg.output_dir``
+    then names it), which starts with a copy of the records in ``carry`` that the evaluation reads."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(
@@ -121,12 +123,15 @@ def start(cfg: DictConfig, run_dir: Path, command: str) -> None:
     state = _state(run_dir)
     if state and cfg.overwrite:
         move_aside(run_dir)
+    elif state == "finished" and command == "eval":
+        return start(cfg, eval_dir(cfg, run_dir, carry), command)
     elif state == "finished":
         raise UserError(
             f"{run_dir} already holds a finished run (status.json, metrics.json, report.md). A finished run is never "
             f"modified: nothing was changed. Choose another directory (hydra.run.dir=...), or pass overwrite=true to "
             f"{command} there: the whole old run (config, records, results, model) is then moved into a "
-            "'previous-<time>' folder beside it, not deleted."
+            "'previous-<time>' folder beside it, not deleted. (`hydratune eval` there writes into a new "
+            "eval-<time> sub-dir.)"
         )
     elif state == "training" and command != "train":
         raise UserError(
@@ -141,6 +146,26 @@ def start(cfg: DictConfig, run_dir: Path, command: str) -> None:
     atomic.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     atomic.write_json(run_dir / "overrides.json", task_overrides(), indent=1)
     _write_status(run_dir, "incomplete", command, time.time())
+    return run_dir
+
+
+def eval_dir(cfg: DictConfig, run_dir: Path, carry: tuple[str, ...]) -> Path:
+    """A new ``eval-<time>/`` sub-dir of the finished run in ``run_dir`` (never modified) for ``hydratune eval``."""
+    sub = run_dir / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while sub.exists():
+        n += 1
+        sub = run_dir / f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+    sub.mkdir()
+    for name in carry:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, sub / name)
+    cfg.output_dir = str(sub)
+    for handler in _reopen_logs_under(run_dir):  # this run's log lines go into the sub-dir from now on
+        handler.close()
+        handler.baseFilename = str(sub / Path(handler.baseFilename).name)
+    log.warning("%s holds a finished run, which is never modified: this evaluation goes into %s", run_dir, sub)
+    return sub
 
 
 def _state(run_dir: Path) -> str:
@@ -157,7 +182,7 @@ def _state(run_dir: Path) -> str:
 def _entries(run_dir: Path):
     """What a run left (not the lock, earlier runs moved aside, or the log Hydra opened for this run)."""
     for p in run_dir.iterdir():
-        if p.name != LOCK and not p.name.startswith("previous-") and p.suffix != ".log":
+        if p.name != LOCK and not p.name.startswith(("previous-", "eval-")) and p.suffix != ".log":
             yield p
 
 
