@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, hydratune
+from tests.helpers import REPO, hydratune
 
 TINY = [
     "model=tiny_random",
@@ -111,5 +111,5 @@ def test_eval_command_scores_the_configured_model_without_training(tmp_path, cac
     result = hydratune("eval", *TINY, f"hydra.run.dir={tmp_path}", cache=cache_dir)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(metrics) == {"base"} and metrics["base"]["examples"] == 8
+    assert set(metrics) == {"hardware", "base"} and metrics["base"]["examples"] == 8
     assert not (tmp_path / "model").exists()

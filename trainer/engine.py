@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainer import data, evaluation, loggers, models, report, secrets
+from trainer import data, endpoint_eval, evaluation, loggers, models, report, secrets
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -25,10 +25,17 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def load_model_and_tokenizer(cfg: DictConfig, device: str):
+def weight_dtype(cfg: DictConfig, device: str) -> dict:
+    """model.dtype resolved for this device (auto: by what torch reports), logged with the reason."""
+    dtype, why = models.resolve_dtype(cfg.model.dtype, device, full_weights=cfg.method.peft is None)
+    log.info("model.dtype=%s -> %s: %s", cfg.model.dtype, dtype, why)
+    return {"device": device, "model_dtype": dtype, "why": why}
+
+
+def load_model_and_tokenizer(cfg: DictConfig, device: str, dtype: str):
     path = models.resolve_path(cfg.model, cfg.cache_dir)
     tokenizer, added_tokens = models.load_tokenizer(cfg.model, path)
-    model = models.load_model(cfg.model, cfg.method, path, tokenizer, device)
+    model = models.load_model(cfg.model, cfg.method, path, tokenizer, device, dtype)
     log.info(
         "model %s (%s, %.1fM parameters) on %s", cfg.model.name_or_path, path, model.num_parameters() / 1e6, device
     )
@@ -51,7 +58,7 @@ def sft_config(cfg: DictConfig, run_dir: Path, device: str):
     )
     secrets.token_to_env(args)  # hub_token: into HF_TOKEN, never into training_args.bin
     if args["bf16"] is None:
-        args["bf16"] = device == "cuda" and models.torch_dtype("auto", device) == models.torch_dtype("bfloat16", device)
+        args["bf16"] = device == "cuda" and models.resolve_dtype("auto", device)[0] == "bfloat16"
     if device != "cuda" and args.get("tf32"):
         raise UserError(
             "train.tf32=true enables TensorFloat-32 matrix products, which only NVIDIA Ampere (or newer) GPUs have, "
@@ -87,7 +94,10 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
 
     set_seed(cfg.seed)
     main = is_main_process()  # every rank trains and evaluates; only rank 0 writes files into the run dir
-    model_path, tokenizer, added_tokens, model = load_model_and_tokenizer(cfg, device)
+    results: dict = {"hardware": weight_dtype(cfg, device)}
+    model_path, tokenizer, added_tokens, model = load_model_and_tokenizer(
+        cfg, device, results["hardware"]["model_dtype"]
+    )
     prepared = data.prepare(cfg, tokenizer, run_dir if main else None)
     log.info("dataset: %d training / %d validation sequences", len(prepared.train), len(prepared.validation))
 
@@ -96,7 +106,6 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     if peft_config is not None:
         trainer.model.print_trainable_parameters()
 
-    results: dict = {}
     queries = evaluation.queries(prepared.examples.validation, cfg.eval.max_examples)
     if cfg.eval.enabled and cfg.eval.compare_base:
         with before_training(trainer):
@@ -106,6 +115,8 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
+    if trainer.is_fsdp_enabled:  # checkpoints stay sharded; the final model is gathered into one full folder
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(run_dir / "model"))  # on every rank (ZeRO-3 gathers shards); the Trainer writes on rank 0
     if main:
         tokenizer.save_pretrained(run_dir / "model")
@@ -119,8 +130,11 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
         results["finetuned"] = evaluation.evaluate(trainer, tokenizer, cfg, queries, "finetuned")
     if not main:
         return results
+    if cfg.eval.enabled and endpoint_eval.configured(cfg.eval):
+        results["compare"] = endpoint_eval.compare_models(cfg.eval, queries, run_dir=run_dir)
     results["data"] = {"cache_key": prepared.cache_key, "cache_hit": prepared.cache_hit, **prepared.stats}
     report.write_report(run_dir, results, trainer.state.log_history, f"hydratune run: {cfg.run_name}")
+    loggers.finish(trainer)
     log.info("report: %s", run_dir / "report.md")
     return results
 
@@ -168,14 +182,26 @@ def base_sections(cfg, trainer, tokenizer, queries, model_path, prepared, main: 
 
 
 def evaluate_only(cfg: DictConfig, run_dir: Path, device: str) -> dict:
-    """``hydratune eval``: the configured model on the held-out split, no training (one 'base' section)."""
+    """``hydratune eval``: the configured model on the held-out split, no training (one 'base' section), or with
+    eval.endpoint the model behind that endpoint (no weights load), plus eval.compare_models."""
     from transformers import set_seed
 
     set_seed(cfg.seed)
-    _, tokenizer, _, model = load_model_and_tokenizer(cfg, device)
+    if cfg.eval.endpoint.base_url:
+        examples = data.load_examples(cfg.dataset, run_dir)
+        queries = evaluation.queries(examples.validation, cfg.eval.max_examples)
+        results = {"compare": endpoint_eval.compare_models(cfg.eval, queries, run_dir=run_dir)}
+        report.write_report(
+            run_dir, results, [], f"hydratune eval: {cfg.eval.endpoint.model} at {cfg.eval.endpoint.base_url}"
+        )
+        return results
+    hardware = weight_dtype(cfg, device)
+    _, tokenizer, _, model = load_model_and_tokenizer(cfg, device, hardware["model_dtype"])
     prepared = data.prepare(cfg, tokenizer, run_dir)
     trainer = build_trainer(cfg, run_dir, device, model, tokenizer, prepared)
     queries = evaluation.queries(prepared.examples.validation, cfg.eval.max_examples)
-    results = {"base": evaluation.evaluate(trainer, tokenizer, cfg, queries, "base")}
+    results = {"hardware": hardware, "base": evaluation.evaluate(trainer, tokenizer, cfg, queries, "base")}
+    if endpoint_eval.configured(cfg.eval):
+        results["compare"] = endpoint_eval.compare_models(cfg.eval, queries, run_dir=run_dir)
     report.write_report(run_dir, results, [], f"hydratune eval: {cfg.model.name_or_path}")
     return results

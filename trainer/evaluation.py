@@ -30,14 +30,19 @@ class Query:
 
 
 def queries(rows: list[dict], limit: int | None) -> list[Query]:
-    """Held-out rows -> queries: a chat row is asked everything before its last assistant message."""
+    """Held-out rows -> queries: a chat row is asked everything before its last assistant message (a row with
+    nothing before it is no query), a preference row its prompt with the chosen answer as the reference."""
     out = []
     for row in rows:
         if "messages" in row:
             messages = row["messages"]
             last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-            if last is not None:
+            if last:
                 out.append(Query([_plain(m) for m in messages[:last]], messages[last]["content"]))
+        elif "chosen" in row and isinstance(row.get("prompt"), list):
+            answers = [m for m in row["chosen"] if m["role"] == "assistant"]
+            if row["prompt"] and answers:
+                out.append(Query([_plain(m) for m in row["prompt"]], answers[-1]["content"]))
         elif "completion" in row and isinstance(row.get("prompt"), str):
             out.append(Query(row["prompt"], row["completion"]))
     return out[:limit] if limit is not None else out
@@ -103,16 +108,22 @@ def evaluate(trainer, tokenizer, cfg: DictConfig, qs: list[Query], label: str, r
         return result
     prompts = [render(tokenizer, q) for q in qs]
     predictions = generate(trainer.model, tokenizer, prompts, cfg.eval, desc=f"generate ({label})")
-    metrics = [instantiate(m) for m in cfg.eval.metrics]
-    for metric in metrics:
-        scores = [metric(p, q.reference) for p, q in zip(predictions, qs, strict=True)]
-        result[metric.name] = sum(scores) / len(scores)
-    result["prompt_tokens_per_query"] = sum(
-        len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts
-    ) / len(prompts)
+    prompt_tokens = [len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+    result.update(scores(cfg.eval.metrics, qs, predictions, prompt_tokens, prompts))
+    return result
+
+
+def scores(metric_cfgs, qs: list[Query], predictions: list[str], prompt_tokens: list[int], shown: list[str]) -> dict:
+    """One section of metrics.json from the answers to ``qs``, wherever they were generated (in this process or
+    behind an endpoint): the mean of each configured metric, prompt tokens per query, the count and 5 samples."""
+    result: dict = {}
+    for metric in (instantiate(m) for m in metric_cfgs):
+        values = [metric(p, q.reference) for p, q in zip(predictions, qs, strict=True)]
+        result[metric.name] = sum(values) / len(values)
+    result["prompt_tokens_per_query"] = sum(prompt_tokens) / len(prompt_tokens)
     result["examples"] = len(qs)
     result["samples"] = [
-        {"prompt": prompts[i][-300:], "prediction": predictions[i], "reference": qs[i].reference}
+        {"prompt": shown[i][-300:], "prediction": predictions[i], "reference": qs[i].reference}
         for i in range(min(5, len(qs)))
     ]
     return result
@@ -120,10 +131,13 @@ def evaluate(trainer, tokenizer, cfg: DictConfig, qs: list[Query], label: str, r
 
 def base_cache_file(cfg: DictConfig, model_path: str, qs: list[Query], dataset_key: str, label: str) -> Path:
     """Where the base model's results for this (model, data, eval settings) are cached across runs and sweeps."""
+    settings = OmegaConf.to_container(cfg.eval, resolve=True)
+    for other_models in ("endpoint", "compare_models"):  # other columns; the base model's answers do not change
+        settings.pop(other_models, None)
     key = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "model_path": model_path,
-        "eval": OmegaConf.to_container(cfg.eval, resolve=True),
+        "eval": settings,
         "dataset": dataset_key,
         "queries": [[q.prompt, q.reference] for q in qs],
         "label": label,

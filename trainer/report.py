@@ -50,20 +50,29 @@ def plot_losses(history: list[dict], path: Path) -> Path | None:
     return path
 
 
+def compared(metrics: dict) -> list[tuple[str, dict]]:
+    """(name, section) of each compared model (``compare.<name>``: eval.endpoint and eval.compare_models)."""
+    return [(name, section) for name, section in (metrics.get("compare") or {}).items() if isinstance(section, dict)]
+
+
 def comparison_rows(metrics: dict) -> tuple[list[str], list[tuple[str, list[str]]]]:
-    """The base-vs-fine-tuned table: column headings and one row per metric shared by the sections."""
+    """The base-vs-fine-tuned table: column headings and one row per metric of any column; the compared models'
+    columns come after the change."""
     sections = [s for s in SECTIONS if isinstance(metrics.get(s), dict)]
+    change = {"base", "finetuned"} <= set(sections)
+    others = compared(metrics)
     names: list[str] = []
-    for s in sections:
-        names += [k for k, v in metrics[s].items() if isinstance(v, int | float) and k not in names]
+    for section in [metrics[s] for s in sections] + [section for _, section in others]:
+        names += [k for k, v in section.items() if isinstance(v, int | float) and k not in names]
     rows = []
     for name in names:
         cells = [_fmt(metrics[s].get(name)) for s in sections]
-        if "base" in sections and "finetuned" in sections:
+        if change:
             same_data = name == "examples"  # a count, not a score: no change to show
             cells.append("-" if same_data else _delta(metrics["base"].get(name), metrics["finetuned"].get(name), name))
+        cells += [_fmt(section.get(name)) for _, section in others]
         rows.append((name, cells))
-    headings = [_HEADINGS[s] for s in sections] + (["change"] if {"base", "finetuned"} <= set(sections) else [])
+    headings = [_HEADINGS[s] for s in sections] + (["change"] if change else []) + [name for name, _ in others]
     return headings, rows
 
 
@@ -89,7 +98,7 @@ def render_markdown(metrics: dict, title: str, plot: Path | None) -> str:
     if plot is not None:
         lines += [f"![loss curve]({plot.name})", ""]
     for key, value in metrics.items():
-        if key not in SECTIONS:
+        if key not in (*SECTIONS, "compare"):
             lines += [f"## {key}", "", "```", json.dumps(value, indent=2, default=str), "```", ""]
     samples = (metrics.get("finetuned") or {}).get("samples") or []
     if samples:
