@@ -20,8 +20,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 # "token$": hub_token, ad_token, token ... but not max_new_tokens (workers load the written config).
+#: Keys whose value is a secret; "..._env" keys name an environment variable (api_key_env), not a secret.
 SECRET_KEY = re.compile(
-    r"(api_?key|secret|password|passwd|token$|credential|private_?key|access_?key|auth_?key)", re.IGNORECASE
+    r"^(?!.*_env$).*(api_?key|secret|password|passwd|token$|credential|private_?key|access_?key|auth_?key)",
+    re.IGNORECASE,
 )
 SECRET_ENV = re.compile(r"(_KEY|TOKEN|PASSWORD|PASSWD|CREDENTIALS?)$|SECRET", re.IGNORECASE)
 REDACTED = "***redacted***"
