@@ -24,7 +24,9 @@ from trainer.errors import UserError, explain_composition_error
 JOB_COMMANDS = ("job-status", "job-attach", "job-cancel")
 #: Tools that write files instead of running: `hydratune convert-autotrain PATH [--out FILE]` (trainer/autotrain.py).
 TOOL_COMMANDS = ("convert-autotrain",)
-COMMANDS = ("train", "prepare", "eval", *JOB_COMMANDS, *TOOL_COMMANDS)
+#: Host a finished run: `hydratune serve|export hydra.run.dir=RUN` (trainer/serving.py, trainer/export.py).
+HOSTING_COMMANDS = ("serve", "export")
+COMMANDS = ("train", "prepare", "eval", *JOB_COMMANDS, *TOOL_COMMANDS, *HOSTING_COMMANDS)
 _PASS_THROUGH = tuple(f"{node}." for node in ("train", "method.peft", "method.quantization"))
 _command = "train"
 
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         return _job(_command, args)
     if _command in TOOL_COMMANDS:
         return _convert_autotrain(args)
+    if _command in HOSTING_COMMANDS:
+        return _hosting(_command, args)
     args = [_pass_through(arg) for arg in args]
     schema.register()
     # Hydra prints composition errors with a hint to set HYDRA_FULL_ERROR; we catch them ourselves instead and
@@ -124,6 +128,29 @@ def _convert_autotrain(args: list[str]) -> None:
         autotrain.main(args)
     except UserError as exc:
         _fail(str(exc))
+
+
+def _hosting(word: str, args: list[str]) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    for chatty in ("httpx", "httpx2"):  # one line per request otherwise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    try:
+        if word == "serve":
+            from trainer import serving
+
+            serving.main(args)
+        else:
+            from trainer import export
+
+            export.main(args)
+    except UserError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - only composition errors are rewritten, the rest re-raised
+        if not _is_composition_error(exc):
+            raise
+        _fail(explain_composition_error(exc))
 
 
 def _is_composition_error(exc: BaseException) -> bool:

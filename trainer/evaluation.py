@@ -80,6 +80,7 @@ def generate(model, tokenizer, prompts: list[str], eval_cfg: DictConfig, desc: s
         gen.pop("temperature")
         gen.pop("top_p")
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    eos = end_of_answer_tokens(model, tokenizer)
     was_training = model.training
     model.eval()
     outputs: list[str] = []
@@ -88,13 +89,21 @@ def generate(model, tokenizer, prompts: list[str], eval_cfg: DictConfig, desc: s
             batch = prompts[start : start + eval_cfg.batch_size]
             enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             with torch.inference_mode():
-                out = model.generate(**enc, **gen, pad_token_id=tokenizer.pad_token_id)
+                out = model.generate(**enc, **gen, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
             new = out[:, enc["input_ids"].shape[1] :]
             outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
     return outputs
+
+
+def end_of_answer_tokens(model, tokenizer) -> list[int]:
+    """The tokenizer's end-of-sequence token (the one the chat template ends each trained answer with) and the
+    model's own: generation stops at either, as it does for the exported and served model (trainer.export)."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    known = configured if isinstance(configured, list) else [configured]
+    return [tokenizer.eos_token_id] + [t for t in known if t is not None and t != tokenizer.eos_token_id]
 
 
 def evaluate(trainer, tokenizer, cfg: DictConfig, qs: list[Query], label: str, run_loss: bool = True) -> dict:

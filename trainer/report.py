@@ -97,8 +97,9 @@ def render_markdown(metrics: dict, title: str, plot: Path | None) -> str:
         lines.append("")
     if plot is not None:
         lines += [f"![loss curve]({plot.name})", ""]
+    lines += serving_lines(metrics.get("serving"))
     for key, value in metrics.items():
-        if key not in (*SECTIONS, "compare"):
+        if key not in (*SECTIONS, "compare", "serving"):
             lines += [f"## {key}", "", "```", json.dumps(value, indent=2, default=str), "```", ""]
     samples = (metrics.get("finetuned") or {}).get("samples") or []
     if samples:
@@ -107,6 +108,35 @@ def render_markdown(metrics: dict, title: str, plot: Path | None) -> str:
             lines += [f"- prediction: `{s['prediction'].strip()[:200]}`", f"  reference: `{s['reference'][:200]}`"]
         lines.append("")
     return "\n".join(lines)
+
+
+def serving_lines(bench: dict | None) -> list[str]:
+    """The `hydratune serve --bench` figures and the cost per 1,000 queries, as markdown tables."""
+    if not bench:
+        return []
+    lines = [
+        "## Serving (`hydratune serve --bench`)",
+        "",
+        f"{bench['engine']} serving `{bench['model']}` on {bench['cpu']}: {bench['clients']} concurrent clients for "
+        f"{bench['seconds']:g} s, {bench['max_tokens']} new tokens at most per request.",
+        "",
+        "| requests | errors | requests/s | output tokens/s | latency p50 | latency p95 | TTFT p50 | TTFT p95 |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {bench['requests']} | {bench['errors']} | {bench['requests_per_s']:.3f} | {bench['output_tokens_per_s']:.1f} | "
+        + " | ".join(_seconds(bench[k]) for k in ("latency_p50_s", "latency_p95_s", "ttft_p50_s", "ttft_p95_s"))
+        + " |",
+        "",
+    ]
+    costs = bench.get("cost_per_1k_queries") or []
+    if costs:
+        lines += ["| cost per 1,000 queries | USD | basis |", "|---|---|---|"]
+        lines += [f"| {c['model']} | {c['usd_per_1k_queries']:.4f} | {c['basis']} |" for c in costs]
+        lines.append("")
+    return lines
+
+
+def _seconds(value) -> str:
+    return "-" if value is None else f"{value:.3f} s"
 
 
 def _fmt(value) -> str:

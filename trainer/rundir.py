@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 STATUS = "status.json"
 LOCK = "run.lock"
 #: Config keys that may differ when a run resumes: where things go and how they are logged and evaluated.
-RESUME_FREE = ("output_dir", "overwrite", "cache_dir", "resume", "run_name", "hardware", "logger", "eval", "objective")
+RESUME_FREE = (
+    "output_dir", "overwrite", "cache_dir", "resume", "run_name", "hardware", "logger", "eval", "objective", "serve",
+    "export",
+)  # fmt: skip
 
 _locks: dict[Path, int] = {}
 #: Run dirs this process started a run in (past the finished-run guard): only these get a status.json.
