@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, compose, hydratune
 from tests.fake_provider import files_containing, write_chat_dataset
+from tests.helpers import REPO, compose, hydratune
 from trainer import checkpoints, rundir
 from trainer.errors import UserError
 
