@@ -22,8 +22,9 @@ from trainer.errors import UserError, explain_composition_error
 
 #: Act on the provider job a cloud run dir recorded: `hydratune job-status hydra.run.dir=DIR`.
 JOB_COMMANDS = ("job-status", "job-attach", "job-cancel")
-#: Tools that write files instead of running: `hydratune convert-autotrain PATH [--out FILE]` (trainer/autotrain.py).
-TOOL_COMMANDS = ("convert-autotrain",)
+#: Tools that write files instead of running: `hydratune convert-autotrain PATH [--out FILE]` (trainer/autotrain.py),
+#: `hydratune report DIR [DIR...]` (trainer/report_command.py).
+TOOL_COMMANDS = ("convert-autotrain", "report")
 #: Host a finished run: `hydratune serve|export hydra.run.dir=RUN` (trainer/serving.py, trainer/export.py).
 HOSTING_COMMANDS = ("serve", "export")
 COMMANDS = ("train", "prepare", "eval", *JOB_COMMANDS, *TOOL_COMMANDS, *HOSTING_COMMANDS)
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     if _command in JOB_COMMANDS:
         return _job(_command, args)
     if _command in TOOL_COMMANDS:
-        return _convert_autotrain(args)
+        return _tool(_command, args)
     if _command in HOSTING_COMMANDS:
         return _hosting(_command, args)
     args = [_pass_through(arg) for arg in args]
@@ -121,11 +122,14 @@ def _job(word: str, args: list[str]) -> None:
         _fail(str(exc))
 
 
-def _convert_autotrain(args: list[str]) -> None:
-    from trainer import autotrain
+def _tool(word: str, args: list[str]) -> None:
+    import importlib
 
+    module = importlib.import_module(
+        {"convert-autotrain": "trainer.autotrain", "report": "trainer.report_command"}[word]
+    )
     try:
-        autotrain.main(args)
+        module.main(args)
     except UserError as exc:
         _fail(str(exc))
 

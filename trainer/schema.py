@@ -320,6 +320,22 @@ class GenerationSchema:
 
 
 @dataclass
+class CostSchema:
+    """Prices for the report's cost and break-even section (trainer/cost.py). Estimates: set your own."""
+
+    #: USD per hour of the machine that trains (local runs): training cost = training time x this.
+    usd_per_hour: float = 1.0
+    #: Inference prices of the base model, USD per million prompt (input) and answer (output) tokens.
+    prompt_usd_per_million: float = 0.15
+    answer_usd_per_million: float = 0.60
+    #: The fine-tuned model's prices (null: the base model's; providers often charge more for tuned models).
+    tuned_prompt_usd_per_million: float | None = None
+    tuned_answer_usd_per_million: float | None = None
+    #: K of the K-shot prompts fine-tuning is compared with (null: eval.few_shot when it is > 0, else 3).
+    shots: int | None = None
+
+
+@dataclass
 class EvalSchema:
     #: Evaluate at all (base and fine-tuned).
     enabled: bool = True
@@ -336,6 +352,8 @@ class EvalSchema:
     metrics: list[Any] = field(default_factory=list)
     #: Reuse the base model's results from the cache when model, data and eval settings are unchanged.
     cache_base: bool = True
+    #: Prices for the cost and break-even section of the report.
+    cost: CostSchema = field(default_factory=CostSchema)
     #: A model behind an OpenAI-compatible endpoint, evaluated as one more column (``eval.endpoint.name``);
     #: `hydratune eval` then evaluates it instead of loading ``model`` (no weights load), e.g.
     #: ``eval.endpoint.base_url=http://127.0.0.1:8000/v1 eval.endpoint.model=NAME`` for a model that
