@@ -92,7 +92,7 @@ def test_eval_of_a_finished_run_goes_into_a_new_sub_dir(finished, tmp_path, cach
     assert result.returncode == 0, result.stderr[-2000:]
     (sub,) = run_dir.glob("eval-*")
     assert {k: v for k, v in snapshot(run_dir).items() if not k.startswith("eval-")} == before
-    assert set(json.loads((sub / "metrics.json").read_text())) == {"base"}
+    assert "base" in json.loads((sub / "metrics.json").read_text())  # the configured model, evaluated there
     assert json.loads((sub / "status.json").read_text())["status"] == "ok"
 
 
