@@ -10,6 +10,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from trainer.errors import UserError, choice_error, closest
 from trainer.library_args import check_args
+from trainer.plain import plain_dict
 from trainer.schema import is_cloud
 
 CHOICES = {
@@ -55,11 +56,11 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise choice_error(key, value, allowed)
-    check_args("train", OmegaConf.to_container(cfg.train, resolve=True))
+    check_args("train", plain_dict(cfg.train))
     for node in ("peft", "quantization"):
         value = cfg.method[node]
         if value is not None:
-            check_args(f"method.{node}", OmegaConf.to_container(value, resolve=True))
+            check_args(f"method.{node}", plain_dict(value))
     _check_combinations(cfg)
     if cfg.eval.enabled:
         from trainer.endpoint_eval import configured

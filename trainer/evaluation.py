@@ -15,8 +15,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from trainer.plain import build, plain_dict
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def generate(model, tokenizer, prompts: list[str], eval_cfg: DictConfig, desc: s
     import torch
     from tqdm.auto import tqdm
 
-    gen = OmegaConf.to_container(eval_cfg.generation, resolve=True)
+    gen = plain_dict(eval_cfg.generation)
     if not gen["do_sample"]:
         gen.pop("temperature")
         gen.pop("top_p")
@@ -117,7 +118,7 @@ def scores(metric_cfgs, qs: list[Query], predictions: list[str], prompt_tokens: 
     """One section of metrics.json from the answers to ``qs``, wherever they were generated (in this process or
     behind an endpoint): the mean of each configured metric, prompt tokens per query, the count and 5 samples."""
     result: dict = {}
-    for metric in (instantiate(m) for m in metric_cfgs):
+    for metric in (build(m) for m in metric_cfgs):
         values = [metric(p, q.reference) for p, q in zip(predictions, qs, strict=True)]
         result[metric.name] = sum(values) / len(values)
     result["prompt_tokens_per_query"] = sum(prompt_tokens) / len(prompt_tokens)
@@ -131,7 +132,7 @@ def scores(metric_cfgs, qs: list[Query], predictions: list[str], prompt_tokens: 
 
 def base_cache_file(cfg: DictConfig, model_path: str, qs: list[Query], dataset_key: str, label: str) -> Path:
     """Where the base model's results for this (model, data, eval settings) are cached across runs and sweeps."""
-    settings = OmegaConf.to_container(cfg.eval, resolve=True)
+    settings = plain_dict(cfg.eval)
     for other_models in ("endpoint", "compare_models"):  # other columns; the base model's answers do not change
         settings.pop(other_models, None)
     key = {
