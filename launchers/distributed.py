@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from launchers import deepspeed_config, slurm
 from trainer import rundir
 from trainer.errors import UserError, choice_error
+from trainer.threads import threads_per_process
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def run(cfg: DictConfig, command: str) -> float | None:
     check(cfg)
     run_dir = Path(cfg.output_dir).resolve()
     device, nproc, node = resolve_device(hw), num_processes(hw), node_rank(hw)
-    threads = hw.threads or max(1, (os.cpu_count() or 1) // nproc)
+    threads, _ = threads_per_process(hw.threads, nproc)
     ds = deepspeed_config.build(hw)
     with open_dict(cfg):  # what the workers' TrainingArguments need to know, in the config they load
         if ds is not None:

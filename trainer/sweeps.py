@@ -19,7 +19,6 @@ import csv
 import json
 import logging
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
+
+from trainer.threads import share, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def share_threads(config: DictConfig) -> None:
     launcher = config.hydra.launcher
     target = str(launcher.get("_target_", ""))
     if "joblib" in target:
-        threads = threads_per_job(int(launcher.get("n_jobs") or -1), os.cpu_count() or 1)
+        threads = threads_per_job(int(launcher.get("n_jobs") or -1), usable_cores()[0])
     elif target.endswith("SlurmLauncher") and launcher.get("cpus_per_task"):
         threads = int(launcher.cpus_per_task)
     else:
@@ -92,7 +93,7 @@ def share_threads(config: DictConfig) -> None:
 def threads_per_job(n_jobs: int, cores: int) -> int:
     """The cores divided among the runs that run at once (joblib's n_jobs: -1 = one per core, -2 = all but one)."""
     at_once = n_jobs if n_jobs > 0 else cores + 1 + n_jobs
-    return max(1, cores // max(1, at_once))
+    return share(cores, at_once)
 
 
 # ---------------------------------------------------------------- reading the runs
