@@ -33,12 +33,13 @@ LAUNCHERS = ("torchrun", "deepspeed", "accelerate")
 WORKER = ["-m", "launchers.worker"]
 
 
-def run(cfg: DictConfig, command: str) -> float | None:
+def run(cfg: DictConfig, command: str) -> None:
     hw = cfg.hardware
     if command != "train":  # prepare and eval need one process only
         from launchers import local
 
-        return local.run(cfg, command)
+        local.run(cfg, command)
+        return
     check(cfg)
     run_dir = Path(cfg.output_dir).resolve()
     device, nproc, node = resolve_device(hw), num_processes(hw), node_rank(hw)
@@ -51,11 +52,12 @@ def run(cfg: DictConfig, command: str) -> float | None:
             cfg.train.ddp_timeout = hw.timeout_s
     env = worker_env(cfg, threads)
     if hw.submit == "slurm":
-        return submit_slurm(cfg, run_dir, ds, nproc, threads, device)
+        submit_slurm(cfg, run_dir, ds, nproc, threads, device)
+        return
     cmd = launcher_command(hw, run_dir, nproc, node, device)
     if hw.dry_run:
         print_dry_run(cmd, env, ds)
-        return None
+        return
 
     log.info(
         "hardware=%s: %d node(s) x %d %s process(es), %d threads each", hw.name, hw.num_nodes, nproc, device, threads
@@ -70,7 +72,6 @@ def run(cfg: DictConfig, command: str) -> float | None:
             f"hydratune: error: the {hw.launcher} workers failed (exit code {result.returncode}). Each rank's log is "
             f"in {run_dir / 'logs'}/rank<N>.log; the run resumes from its last checkpoint when you run it again."
         )
-    return None
 
 
 def check(cfg: DictConfig) -> None:
@@ -212,7 +213,7 @@ def submit_slurm(cfg: DictConfig, run_dir: Path, ds: dict | None, nproc: int, th
         print("hydratune: dry run, nothing submitted. sbatch script:\n" + script)
         if ds is not None:
             print("DeepSpeed config:\n" + json.dumps(ds, indent=2))
-        return None
+        return
     prepare_once(cfg, run_dir, 0)
     if ds is not None:
         deepspeed_config.write(ds, run_dir)
@@ -226,4 +227,3 @@ def submit_slurm(cfg: DictConfig, run_dir: Path, ds: dict | None, nproc: int, th
     if out.returncode != 0:
         raise UserError(f"sbatch refused {path}: {out.stderr.strip()}")
     log.info("%s; logs in %s", out.stdout.strip(), run_dir / "logs")
-    return None

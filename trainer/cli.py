@@ -39,7 +39,8 @@ def _task(cfg: DictConfig) -> float | None:
         launch(cfg, _command)
     except Exception as exc:
         if rundir.in_multirun():  # one failed run of a sweep is recorded in its status.json; the others go on
-            return rundir.failed(cfg, _command, started, exc)
+            rundir.failed(cfg, _command, started, exc)
+            return None  # Optuna records a failed trial
         if isinstance(exc, UserError):
             _fail(str(exc))  # SystemExit passes through Hydra's job runner without its "Error executing job" line
         raise

@@ -114,7 +114,7 @@ def _walk(node: Any, key: str) -> None:
     prefix = f"{key}." if key else ""
     for name in node.keys():
         if name not in fields:
-            raise _unknown_key(f"{prefix}{name}", str(name), list(fields), schema)
+            raise _unknown_key(f"{prefix}{name!s}", str(name), list(fields), schema)
     for name, spec in fields.items():
         if OmegaConf.is_missing(node, name):
             continue

@@ -55,8 +55,9 @@ def with_demonstrations(query: Query, demos: list[Query]) -> Query:
         shots = "".join(f"{d.prompt}{d.reference}\n\n" for d in demos if isinstance(d.prompt, str))
         return Query(shots + query.prompt, query.reference)
     system = [m for m in query.prompt[:1] if m["role"] == "system"]
-    turns = []
+    turns: list[dict] = []
     for demo in demos:
+        assert not isinstance(demo.prompt, str), "chat and plain-text demonstrations are not mixed"
         turns += [m for m in demo.prompt if m["role"] != "system"] + [{"role": "assistant", "content": demo.reference}]
     return Query(system + turns + query.prompt[len(system) :], query.reference)
 

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -230,7 +231,7 @@ def load_model(model_cfg: DictConfig, method_cfg: DictConfig, path: str, tokeniz
     if method_cfg.quantization is not None:
         kwargs["quantization_config"] = build(method_cfg.quantization)
         kwargs["device_map"] = {"": 0}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     if model.generation_config is not None:

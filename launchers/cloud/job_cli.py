@@ -47,13 +47,13 @@ def load_run_config(run_dir: Path) -> Any:
     return cfg
 
 
-def job_command(cfg: Any, action: str) -> dict[str, Any] | float | None:
+def job_command(cfg: Any, action: str) -> dict[str, Any] | None:
     """status: print the recorded job's state; attach: follow it to the end (and evaluate); cancel: cancel it."""
     with user_errors(cfg.output_dir, cfg.hardware.max_retries):
         return _job_command(cfg, action)
 
 
-def _job_command(cfg: Any, action: str) -> dict[str, Any] | float | None:
+def _job_command(cfg: Any, action: str) -> dict[str, Any] | None:
     if action not in ACTIONS:
         raise UserError(f"Unknown job action '{action}'. Actions: {', '.join(ACTIONS)}.")
     run_dir = Path(cfg.output_dir)
@@ -66,7 +66,8 @@ def _job_command(cfg: Any, action: str) -> dict[str, Any] | float | None:
         else:
             from launchers.cloud.training import run
 
-            return run(cfg, "train")
+            run(cfg, "train")
+            return None
     provider, retry = provider_api.get(cfg.hardware), Retry.from_hw(cfg.hardware)
     job_id = state.job["id"]
     if action == "cancel":
