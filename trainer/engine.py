@@ -115,6 +115,8 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
+    if trainer.is_fsdp_enabled:  # checkpoints stay sharded; the final model is gathered into one full folder
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(run_dir / "model"))  # on every rank (ZeRO-3 gathers shards); the Trainer writes on rank 0
     if main:
         tokenizer.save_pretrained(run_dir / "model")

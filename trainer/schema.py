@@ -208,6 +208,18 @@ class DistributedHardwareSchema(HardwareSchema):
     #: Extra sbatch options with sbatch's own long names:
     #: ``+hardware.sbatch.partition=gpu +hardware.sbatch.time=24:00:00``.
     sbatch: dict[str, Any] = field(default_factory=dict)
+    #: PyTorch FSDP2 (hardware=fsdp); null: no FSDP. The layers to shard come from the model's _no_split_modules.
+    fsdp: FsdpSchema | None = None
+
+
+@dataclass
+class FsdpSchema:
+    #: Recompute each layer's activations in the backward pass (FSDP's own; keep train.activation_checkpointing off).
+    activation_checkpointing: bool = False
+    #: Keep parameters, gradients and optimizer state in CPU memory between uses.
+    cpu_offload: bool = False
+    #: Free each layer's gathered parameters after its forward pass (full shard); false keeps them until backward.
+    reshard_after_forward: bool = True
 
 
 @dataclass
