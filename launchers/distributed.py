@@ -24,12 +24,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from launchers import deepspeed_config, fsdp, slurm
 from trainer import rundir
-from trainer.errors import UserError, choice_error
+from trainer.errors import UserError
 from trainer.threads import threads_per_process
 
 log = logging.getLogger(__name__)
 
-LAUNCHERS = ("torchrun", "deepspeed", "accelerate")
 WORKER = ["-m", "launchers.worker"]
 
 
@@ -40,7 +39,6 @@ def run(cfg: DictConfig, command: str) -> None:
 
         local.run(cfg, command)
         return
-    check(cfg)
     run_dir = Path(cfg.output_dir).resolve()
     device, nproc, node = resolve_device(hw), num_processes(hw), node_rank(hw)
     threads, _ = threads_per_process(hw.threads, nproc)
@@ -80,34 +78,10 @@ def run(cfg: DictConfig, command: str) -> None:
 
 
 def check(cfg: DictConfig) -> None:
-    hw = cfg.hardware
-    if hw.launcher not in LAUNCHERS:
-        raise choice_error("hardware.launcher", hw.launcher, LAUNCHERS, "launcher")
-    if hw.submit not in ("local", "slurm"):
-        raise choice_error("hardware.submit", hw.submit, ("local", "slurm"))
-    if hw.num_nodes < 1 or (hw.num_processes is not None and hw.num_processes < 1):
-        raise UserError(
-            f"hardware.num_nodes={hw.num_nodes} and hardware.num_processes={hw.num_processes} must be at least 1 "
-            "(num_processes=null uses every visible GPU)."
-        )
-    if hw.launcher == "deepspeed" and hw.zero_stage == 0 and not hw.deepspeed_config:
-        raise UserError(
-            "hardware.launcher=deepspeed with hardware.zero_stage=0 and no hardware.deepspeed_config: there is no "
-            "DeepSpeed config to run. Use hardware=ddp for plain data parallel, or a deepspeed_zero* option."
-        )
-    if cfg.method.merge_adapter and hw.zero_stage == 3:
-        raise UserError(
-            "method.merge_adapter=true cannot merge under ZeRO-3 (each rank holds only a shard of the base weights). "
-            "Train with merge_adapter=false, then merge the saved adapter in one process: "
-            "peft.AutoPeftModelForCausalLM.from_pretrained('<run dir>/model').merge_and_unload().save_pretrained(...)."
-        )
-    if hw.fsdp is not None:
+    """The rules that need this launcher's own code (run by trainer.config_checks.check_config, after the rules
+    every distributed config must pass)."""
+    if cfg.hardware.fsdp is not None:
         fsdp.check(cfg)
-    if cfg.method.quantization is not None and hw.zero_stage == 3:
-        raise UserError(
-            f"method={cfg.method.name} (4-bit base weights) does not combine with ZeRO-3 parameter sharding here. "
-            "Use hardware=ddp or hardware=deepspeed_zero2 with QLoRA, or method=lora with ZeRO-3."
-        )
 
 
 def resolve_device(hw: DictConfig) -> str:

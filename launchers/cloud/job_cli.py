@@ -20,6 +20,7 @@ from launchers.cloud.retrying import Retry
 from launchers.cloud.state import FILE_NAME, State
 from trainer.errors import UserError
 from trainer.rundir import REDACTED
+from trainer.schema import CloudHardwareSchema
 
 ACTIONS = ("status", "attach", "cancel")
 
@@ -38,6 +39,7 @@ def load_run_config(run_dir: Path) -> Any:
     if not (run_dir / FILE_NAME).is_file() or not saved.is_file():
         raise UserError(f"{run_dir} holds no provider run ({FILE_NAME} or config.yaml is missing).")
     cfg = OmegaConf.load(saved)
+    cfg.hardware = OmegaConf.merge(OmegaConf.structured(CloudHardwareSchema), cfg.hardware)  # typed, as composed
     hw = cfg.hardware
     if hw.api_key == REDACTED:
         hw.api_key = None  # the SDK reads OPENAI_API_KEY / AZURE_OPENAI_API_KEY

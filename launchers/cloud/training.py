@@ -8,7 +8,6 @@ from typing import Any
 
 from launchers.cloud import jobs, uploads
 from launchers.cloud import provider as provider_api
-from launchers.cloud.checks import check_cloud
 from launchers.cloud.client import user_errors
 from launchers.cloud.prepare import Prepared, prepare
 from launchers.cloud.provider import Job, Provider
@@ -25,7 +24,6 @@ def run(cfg: Any, command: str) -> None:
 
 
 def _run(cfg: Any, command: str) -> None:
-    check_cloud(cfg)
     from trainer import rundir
 
     run_dir = Path(cfg.output_dir)
