@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import NoReturn
 
 import hydra
 from omegaconf import DictConfig
@@ -22,9 +23,12 @@ from trainer.errors import UserError, explain_composition_error
 
 #: Act on the provider job a cloud run dir recorded: `hydratune job-status hydra.run.dir=DIR`.
 JOB_COMMANDS = ("job-status", "job-attach", "job-cancel")
-#: Tools that write files instead of running: `hydratune convert-autotrain PATH [--out FILE]` (trainer/autotrain.py).
-TOOL_COMMANDS = ("convert-autotrain",)
-COMMANDS = ("train", "prepare", "eval", *JOB_COMMANDS, *TOOL_COMMANDS)
+#: Tools that write files instead of running: `hydratune convert-autotrain PATH [--out FILE]` (trainer/autotrain.py),
+#: `hydratune report DIR [DIR...]` (trainer/report_command.py).
+TOOL_COMMANDS = ("convert-autotrain", "report")
+#: Host a finished run: `hydratune serve|export hydra.run.dir=RUN` (trainer/serving.py, trainer/export.py).
+HOSTING_COMMANDS = ("serve", "export")
+COMMANDS = ("train", "prepare", "eval", *JOB_COMMANDS, *TOOL_COMMANDS, *HOSTING_COMMANDS)
 _PASS_THROUGH = tuple(f"{node}." for node in ("train", "method.peft", "method.quantization"))
 _command = "train"
 
@@ -33,18 +37,26 @@ _command = "train"
 def _task(cfg: DictConfig) -> float | None:
     from launchers import launch
     from trainer import rundir
+    from trainer.atomic import explain_io_error
 
     started = time.time()
     try:
         launch(cfg, _command)
+        return rundir.finished(cfg, _command, started)  # status.json; the configured objective, for Optuna
+    except KeyboardInterrupt:
+        rundir.interrupted(cfg, _command, started)
+        _interrupted(cfg.output_dir)
     except Exception as exc:
+        exc = explain_io_error(exc, cfg.output_dir) or exc  # a full or read-only disk: one paragraph
         if rundir.in_multirun():  # one failed run of a sweep is recorded in its status.json; the others go on
             rundir.failed(cfg, _command, started, exc)
             return None  # Optuna records a failed trial
+        rundir.failed(cfg, _command, started, exc, quiet=True)
         if isinstance(exc, UserError):
             _fail(str(exc))  # SystemExit passes through Hydra's job runner without its "Error executing job" line
         raise
-    return rundir.finished(cfg, _command, started)  # status.json; the configured objective, for Optuna
+    finally:
+        rundir.release()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     if _command in JOB_COMMANDS:
         return _job(_command, args)
     if _command in TOOL_COMMANDS:
-        return _convert_autotrain(args)
+        return _tool(_command, args)
+    if _command in HOSTING_COMMANDS:
+        return _hosting(_command, args)
     args = [_pass_through(arg) for arg in args]
     schema.register()
     if "--help" in args or "-h" in args:
@@ -74,14 +88,32 @@ def main(argv: list[str] | None = None) -> None:
     # print one paragraph that names the key and the allowed values.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     sys.argv = [sys.argv[0], *args]
+    printing = any(a in ("--cfg", "-c", "--info", "-i") or a.startswith(("--cfg=", "--info=")) for a in args)
     try:
-        _task()
+        if printing:  # Hydra prints the config itself: redact what it prints
+            from trainer.secrets import printed_redacted
+
+            with printed_redacted():
+                _task()
+        else:
+            _task()
+        _sweep_failures()
     except UserError as exc:
         _fail(str(exc))
-    except Exception as exc:  # noqa: BLE001 - only composition errors are rewritten, the rest re-raised
-        if not _is_composition_error(exc):
+    except KeyboardInterrupt:
+        _interrupted(None)
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - only composition and I/O errors are rewritten, the rest re-raised
+        if _is_composition_error(exc):
+            _fail(explain_composition_error(exc))
+        from trainer.atomic import explain_io_error
+
+        # Hydra creating the run dir or its log: a file in the way, a read-only or full disk.
+        explained = explain_io_error(exc, getattr(exc, "filename", None) or ".")
+        if explained is None:
             raise
-        _fail(explain_composition_error(exc))
+        _fail(str(explained))
 
 
 def _pass_through(arg: str) -> str:
@@ -125,7 +157,6 @@ def _compose(overrides: list[str]) -> DictConfig:
         if not _is_composition_error(exc):
             raise
         _fail(explain_composition_error(exc))
-        raise
 
 
 def _overrides(args: list[str]) -> list[str]:
@@ -151,13 +182,39 @@ def _job(word: str, args: list[str]) -> None:
         _fail(str(exc))
 
 
-def _convert_autotrain(args: list[str]) -> None:
-    from trainer import autotrain
+def _tool(word: str, args: list[str]) -> None:
+    import importlib
 
+    module = importlib.import_module(
+        {"convert-autotrain": "trainer.autotrain", "report": "trainer.report_command"}[word]
+    )
     try:
-        autotrain.main(args)
+        module.main(args)
     except UserError as exc:
         _fail(str(exc))
+
+
+def _hosting(word: str, args: list[str]) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    for chatty in ("httpx", "httpx2"):  # one line per request otherwise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    try:
+        if word == "serve":
+            from trainer import serving
+
+            serving.main(args)
+        else:
+            from trainer import export
+
+            export.main(args)
+    except UserError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - only composition errors are rewritten, the rest re-raised
+        if not _is_composition_error(exc):
+            raise
+        _fail(explain_composition_error(exc))
 
 
 def _is_composition_error(exc: BaseException) -> bool:
@@ -167,7 +224,26 @@ def _is_composition_error(exc: BaseException) -> bool:
     return isinstance(exc, HydraException | OmegaConfBaseException) and not isinstance(exc, UserError)
 
 
-def _fail(message: str) -> None:
+def _sweep_failures() -> None:
+    from trainer.sweeps import FAILED
+
+    if FAILED:
+        sys.stderr.write(
+            f"hydratune: {len(FAILED)} run(s) of the sweep did not finish ok: {', '.join(FAILED)}. The others finished; "
+            "see summary.md in the sweep dir and status.json in each run dir.\n"
+        )
+        raise SystemExit(1)
+
+
+def _interrupted(run_dir: str | None) -> NoReturn:
+    where = f" {run_dir}/status.json says 'interrupted';" if run_dir else ""
+    sys.stderr.write(
+        f"hydratune: interrupted.{where} run the same command again to resume from the last complete checkpoint.\n"
+    )
+    raise SystemExit(130)
+
+
+def _fail(message: str) -> NoReturn:
     sys.stderr.write(f"hydratune: error: {message}\n")
     raise SystemExit(2)
 
