@@ -168,6 +168,7 @@ def test_autotrain_llm_sft_composes_to_autotrains_defaults():
 # ---------------------------------------------------------------- smoke mode, end to end
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("experiment", "extra"), [("text_to_sql_qlora", SQL_SMOKE), ("autotrain_llm_sft", [])], ids=["sql", "autotrain"]
 )
@@ -187,6 +188,7 @@ def test_local_example_smoke_mode(experiment, extra, tmp_path, cache_dir):
         assert "finetuned" not in metrics
 
 
+@pytest.mark.slow
 def test_recipe_ner_smoke_mode_against_the_fake_openai(tmp_path, cache_dir, monkeypatch):
     from examples import cloud_smoke
 
@@ -203,6 +205,7 @@ def test_recipe_ner_smoke_mode_against_the_fake_openai(tmp_path, cache_dir, monk
     assert fake.counters["chat"] == 200  # 100 validation rows, base and fine-tuned
 
 
+@pytest.mark.slow
 def test_clippy_smoke_mode_against_the_fake_azure(tmp_path, cache_dir, monkeypatch):
     from examples import cloud_smoke
 
