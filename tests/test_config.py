@@ -118,7 +118,7 @@ def _checked(overrides):
     try:
         return compose(*overrides)
     except Exception as exc:  # composition errors are rewritten by the CLI; test the rewrite directly
-        from trainer.errors import explain_composition_error
+        from trainer.compose_errors import explain_composition_error
 
         raise UserError(explain_composition_error(exc)) from None
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+import launchers
 from tests.helpers import REPO, compose, hydratune
 from trainer.config_checks import check_config
 
@@ -42,7 +43,7 @@ def examples_of(cfg):
 def test_recipe_ner_composes_to_the_cookbook(monkeypatch):
     monkeypatch.chdir(REPO)
     cfg = compose("experiment=recipe_ner")
-    check_config(cfg)
+    launchers.check(cfg)
     assert (cfg.model.name_or_path, cfg.hardware.provider, cfg.hardware.suffix) == (
         "gpt-4o-mini-2024-07-18",
         "openai",
@@ -81,7 +82,7 @@ def test_clippy_composes_to_the_azure_tutorial(monkeypatch):
     ):
         monkeypatch.setenv(var, value)
     cfg = compose("experiment=clippy_azure")
-    check_config(cfg)
+    launchers.check(cfg)
     hw = cfg.hardware
     assert (cfg.model.name_or_path, hw.provider, hw.seed, hw.api_version) == (
         "gpt-4o-mini-2024-07-18",

@@ -16,12 +16,13 @@ import logging
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.data.examples import Examples
 from trainer.errors import UserError
 from trainer.schema import DatasetSchema, SourceSchema, dataset_schema
 
@@ -31,14 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["Examples", "Prepared", "load_examples", "prepare", "prepare_once", "run_prepare"]
-
-
-@dataclass
-class Examples:
-    train: list[dict]  # canonical rows
-    validation: list[dict]
-    skipped: list[str] = field(default_factory=list)  # "file:line: what is wrong" (on_error=skip)
-    warnings: list[str] = field(default_factory=list)  # "N examples have no system message", ...
 
 
 @dataclass

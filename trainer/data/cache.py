@@ -109,7 +109,7 @@ def _write_arrow(path: Path, dataset) -> None:
 def load(folder: Path):
     import datasets
 
-    from trainer.data import Examples
+    from trainer.data.examples import Examples
 
     train = datasets.Dataset.from_file(str(folder / "train.arrow"))
     validation = datasets.Dataset.from_file(str(folder / "validation.arrow"))
