@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainer import data, endpoint_eval, evaluation, loggers, models, report
+from trainer import data, endpoint_eval, estimate, evaluation, lm_head, loggers, models, report
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ def build_trainer(cfg, run_dir: Path, device: str, model, tokenizer, prepared, p
     """TRL's SFTTrainer over the prepared (already tokenized) data; the loop is TRL's."""
     from trl import SFTTrainer
 
+    lm_head.score_labelled_positions_only()
     return SFTTrainer(
         model=model,
         args=sft_config(cfg, run_dir, device),
@@ -106,6 +107,9 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
         trainer.model.print_trainable_parameters()
 
     queries = evaluation.queries(prepared.examples.validation, cfg.eval.max_examples)
+    forecast = estimate.for_run(
+        cfg, device, trainer, tokenizer, prepared, queries, model_path, run_dir if main else None
+    )
     if cfg.eval.enabled and cfg.eval.compare_base:
         with before_training(trainer):
             results.update(base_sections(cfg, trainer, tokenizer, queries, model_path, prepared, main))
@@ -130,6 +134,7 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     if cfg.eval.enabled and endpoint_eval.configured(cfg.eval):
         results["compare"] = endpoint_eval.compare_models(cfg.eval, queries, run_dir=run_dir)
     results["data"] = {"cache_key": prepared.cache_key, "cache_hit": prepared.cache_hit, **prepared.stats}
+    results["estimate"] = estimate.measured(forecast, trainer.state.log_history)
     report.write_report(run_dir, results, trainer.state.log_history, f"hydratune run: {cfg.run_name}")
     loggers.finish(trainer)
     log.info("report: %s", run_dir / "report.md")
