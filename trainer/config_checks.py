@@ -22,6 +22,10 @@ CHOICES = {
     "hardware.device": {"auto", "cpu", "cuda"},
     "logger.name": {"none", "jsonl", "tensorboard", "wandb", "mlflow"},
     "logger.mode": {"online", "offline", "disabled"},
+    "serve.engine": {"transformers", "vllm"},
+    "serve.device": {"auto", "cpu", "cuda"},
+    "serve.dtype": {"auto", "float32", "bfloat16", "float16"},
+    "export.dtype": {"auto", "float32", "bfloat16", "float16"},
 }
 
 

@@ -5,7 +5,8 @@ Written into the sweep dir by the :class:`SweepCallback` Hydra callback (registe
 - ``summary.csv`` and ``summary.md``: every run's overrides, status (ok / failed with the error), the objective
   and the other metrics, sorted by the objective (best first, failed runs last), plus how often the dataset was
   tokenized and the base model evaluated (cache misses) versus reused (cache hits);
-- ``summary.png``: the objective against each swept parameter.
+- ``summary.png``: the objective against each swept parameter;
+- ``report.html``: the same table, sortable, with that plot, in one self-contained page.
 
 Rebuild it by hand (for a sweep that was interrupted, or a SLURM sweep read later):
 ``python -m trainer.sweeps SWEEP_DIR [METRIC] [minimize|maximize]``.
@@ -193,6 +194,9 @@ def write_summary(sweep_dir: Path, metric: str, direction: str) -> Path:
     shown = [i for i, name in enumerate(header) if name not in fixed]
     table = ([header[i] for i in shown], [[row[i] for i in shown] for row in rows])
     md.write_text(render_markdown(runs, *table, metric, direction, plot, fixed))
+    from trainer import report_html
+
+    (sweep_dir / "report.html").write_text(report_html.sweep_page(runs, header, rows, metric, direction, plot))
     return md
 
 
