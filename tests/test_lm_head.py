@@ -48,7 +48,9 @@ def test_compact_head_same_loss_gradients_and_metrics(tiny_tokenizer, monkeypatc
     assert lm_head.score_labelled_positions_only()  # idempotent
     out, grads = fused_step(tiny_tokenizer, compact)
 
-    assert every == [3 * 23] and compact == [9 + 9 + 5]  # shifted labels: 9 labelled positions a row, 5 in the padded one
+    assert every == [3 * 23] and compact == [
+        9 + 9 + 5
+    ]  # shifted labels: 9 labelled positions a row, 5 in the padded one
     assert out.loss.item() == pytest.approx(ref.loss.item(), rel=1e-6)
     for name in ("log_probs", "entropy"):
         torch.testing.assert_close(getattr(out, name), getattr(ref, name), rtol=1e-5, atol=1e-6)

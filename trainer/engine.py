@@ -107,8 +107,9 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
         trainer.model.print_trainable_parameters()
 
     queries = evaluation.queries(prepared.examples.validation, cfg.eval.max_examples)
+    dtype, target = results["hardware"]["model_dtype"], run_dir if main else None
     forecast = estimate.for_run(
-        cfg, device, trainer, tokenizer, prepared, queries, model_path, run_dir if main else None
+        cfg, device, dtype, trainer.model, trainer.args, tokenizer, prepared, model_path, target
     )
     if cfg.eval.enabled and cfg.eval.compare_base:
         with before_training(trainer):

@@ -93,7 +93,7 @@ class Estimate:
 
     def line(self) -> str:
         return (
-            f"estimate: {self.tokens_per_step:.0f} tokens/step, {self.step_s:.2f} s/step, training {_dur(self.train_s)}, "
+            f"estimate: {self.tokens_per_step:.0f} tokens/step, {self.step_s:.3g} s/step, training {_dur(self.train_s)}, "
             f"evaluation {_dur(self.evaluation_s)}, whole run {_dur(self.total_s)}, peak memory "
             f"{self.peak_memory_bytes / 1e9:.1f} GB ({self.device}, {self.dtype}, {self.threads} threads, "
             f"{self.flops_per_s / 1e9:.0f} GFLOP/s matmul: {self.throughput_source})"
@@ -180,8 +180,6 @@ def matmul_flops(device: str, dtype: str, threads: int, cache_dir: str | Path, s
     key = f"{device}|{name}|{level}|{dtype}|{threads}|{size}|torch {torch.__version__}"
     file = Path(cache_dir) / "estimate" / "matmul.json"
     known = json.loads(file.read_text()) if file.exists() else {}
-    if key in known:
-        return known[key], f"{size}x{size} {dtype} matmul benchmark, cached"
     a = torch.randn(size, size, dtype=getattr(torch, dtype), device=device)
     b = torch.randn(size, size, dtype=getattr(torch, dtype), device=device)
     best, spent = math.inf, 0.0
@@ -194,12 +192,14 @@ def matmul_flops(device: str, dtype: str, threads: int, cache_dir: str | Path, s
         best, spent = min(best, took), spent + took
         if spent > 2.0:  # a very slow dtype (emulated bf16): one more try is enough
             break
-    flops = 2 * size**3 / best
+    # The machine's capability is the best it has shown: a benchmark that ran while other processes held the cores
+    # measured the load, not the machine.
+    flops = max(2 * size**3 / best, known.get(key, 0.0))
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(".partial")
+    tmp = file.with_suffix(f".{os.getpid()}.partial")
     tmp.write_text(json.dumps({**known, key: flops}, indent=1))
     tmp.replace(file)
-    return flops, f"{size}x{size} {dtype} matmul benchmark"
+    return flops, f"{size}x{size} {dtype} matmul, best of this run and earlier ones on this machine"
 
 
 def save(estimate: Estimate, run_dir: Path) -> None:
@@ -306,6 +306,7 @@ def measured(estimate: Estimate, history: list[dict]) -> dict:
             "train_s": round(train.get("train_runtime", 0.0), 1) or None,
             "total_s": process_age(),
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "cpu_per_thread_s": round((usage.ru_utime + usage.ru_stime) / estimate.threads, 1),
             "peak_memory_gb": round(usage.ru_maxrss * 1024 / 1e9, 2),
         },
         "source": estimate.throughput_source,
@@ -322,26 +323,71 @@ def process_age() -> float | None:
     return round(uptime - int(stat[19]) / os.sysconf("SC_CLK_TCK"), 1)
 
 
-def for_run(cfg, device: str, trainer, tokenizer, prepared, queries, model_path: str, run_dir=None) -> Estimate:
-    """The pre-flight estimate of a local run whose trainer is built and whose model has not trained yet."""
+def for_run(cfg, device: str, dtype: str, model, args, tokenizer, prepared, model_path: str, run_dir=None) -> Estimate:
+    """The pre-flight estimate of a local run: ``model`` as it will train (PEFT-wrapped; real or on the meta
+    device), ``args`` TRL's SFTConfig, ``prepared`` the tokenized dataset."""
     import torch
 
-    from trainer.evaluation import base_cache_file, render
+    from trainer.evaluation import base_cache_file, queries, render
 
-    base_file = base_cache_file(cfg, model_path, queries, prepared.cache_key, "base")
-    base_cached = bool(cfg.eval.cache_base) and base_file.exists()
+    asked = queries(prepared.examples.validation, cfg.eval.max_examples)
+    base_file = base_cache_file(cfg, model_path, asked, prepared.cache_key, "base")
     sample = prepared.train.select(range(min(len(prepared.train), 5000)))
-    labelled = [sum(1 for x in labels if x != -100) for labels in sample["labels"]]
-    shape = model_shape(trainer.model, full=cfg.method.peft is None)
     work = workload(
-        trainer.args,
+        args,
         cfg.eval,
         [len(ids) for ids in sample["input_ids"]],
-        labelled,
+        [sum(1 for x in labels if x != -100) for labels in sample["labels"]],
         [len(ids) for ids in prepared.validation["input_ids"]] if len(prepared.validation) else [],
-        [len(tokenizer(render(tokenizer, q), add_special_tokens=False).input_ids) for q in queries],
-        world=max(1, int(trainer.args.world_size)),
-        base_runs=bool(cfg.eval.compare_base) and not base_cached,
+        [len(tokenizer(render(tokenizer, q), add_special_tokens=False).input_ids) for q in asked],
+        world=max(1, int(args.world_size)),
+        base_runs=bool(cfg.eval.compare_base) and not (cfg.eval.cache_base and base_file.exists()),
     )
-    dtype = str(next(trainer.model.parameters()).dtype).removeprefix("torch.")
+    shape = model_shape(model, full=cfg.method.peft is None)
     return preflight(shape, work, device, dtype, torch.get_num_threads(), cfg.cache_dir, run_dir)
+
+
+def meta_model(cfg, path: str, added_tokens: int):
+    """The configured model, PEFT-wrapped as it would train, on the meta device: its shape without its weights."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trainer.models import peft_config
+
+    config = AutoConfig.from_pretrained(
+        path, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
+    )
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
+    adapter = peft_config(cfg.method, added_tokens)
+    return get_peft_model(model, adapter) if adapter is not None else model
+
+
+def markdown(compared: dict, hardware: dict | None) -> list[str]:
+    """report.md's table: each estimated figure beside the measured one."""
+    est, got = compared["estimated"], compared["measured"]
+    rows = [
+        ("time per training step", "step_s", "s"),
+        ("training", "train_s", "s"),
+        ("whole run (process start to report)", "total_s", "s"),
+        ("whole run, CPU time / threads (wall time on an idle machine)", "cpu_per_thread_s", "s"),
+        ("peak memory (resident)", "peak_memory_gb", "GB"),
+    ]
+    lines = ["| | estimated | measured | measured / estimated |", "|---|---|---|---|"]
+    for label, key, unit in rows:
+        a, b = est.get("total_s" if key == "cpu_per_thread_s" else key), got.get(key)
+        ratio = f"{b / a:.2f}" if a and b else "-"
+        lines.append(f"| {label} | {_cell(a, unit)} | {_cell(b, unit)} | {ratio} |")
+    lines += [
+        "",
+        f"{est['tokens_per_step']:.0f} tokens per step; CPU time used: {_cell(got.get('cpu_s'), 's')}; "
+        f"throughput: {compared['source']}.",
+    ]
+    if hardware:
+        lines.append(f"Weights in {hardware['model_dtype']} on the {hardware['device']}: {hardware['why']}.")
+    return lines
+
+
+def _cell(value, unit: str) -> str:
+    return "-" if value is None else f"{value:g} {unit}"
