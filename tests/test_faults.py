@@ -73,6 +73,7 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
 # ---------------------------------------------------------------- a finished run is immutable
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["prepare", "train"])
 def test_a_finished_run_refuses_prepare_and_train(finished, cache_dir, command):
     before = snapshot(finished)
@@ -82,6 +83,7 @@ def test_a_finished_run_refuses_prepare_and_train(finished, cache_dir, command):
     assert snapshot(finished) == before
 
 
+@pytest.mark.slow
 def test_eval_of_a_finished_run_goes_into_a_new_sub_dir(finished, tmp_path, cache_dir):
     import shutil
 
@@ -96,6 +98,7 @@ def test_eval_of_a_finished_run_goes_into_a_new_sub_dir(finished, tmp_path, cach
     assert json.loads((sub / "status.json").read_text())["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_overwrite_moves_the_whole_old_run_aside(finished, tmp_path, cache_dir):
     import shutil
 
@@ -158,6 +161,7 @@ def test_resuming_with_a_changed_config_lists_the_differences(tmp_path):
     rundir.check_resume(changed, tmp_path)  # allowed: no error
 
 
+@pytest.mark.slow
 def test_torn_checkpoints_are_named_and_set_aside(finished, tmp_path, caplog):
     import shutil
 
@@ -178,6 +182,7 @@ def test_torn_checkpoints_are_named_and_set_aside(finished, tmp_path, caplog):
 # ---------------------------------------------------------------- secrets
 
 
+@pytest.mark.slow
 def test_no_planted_secret_reaches_a_file_a_log_or_a_printed_config(finished, tmp_path, cache_dir):
     assert leaks(finished, cache_dir) == []
     data = tmp_path / "data.jsonl"
@@ -207,6 +212,7 @@ def test_no_planted_secret_reaches_a_file_a_log_or_a_printed_config(finished, tm
     assert leaks(sweep_dir, cache_dir) == []
 
 
+@pytest.mark.slow
 def test_the_hub_token_never_reaches_training_args(finished):
     import torch
 
