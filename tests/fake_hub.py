@@ -22,7 +22,8 @@ class FakeHub:
         self.token = token
         self.repos: dict[str, dict[str, bytes]] = {}
         self.private: dict[str, bool] = {}
-        self.unauthorized = 0
+        #: Requests that came without the expected token: (method, path, Authorization header or None).
+        self.unauthorized: list[tuple[str, str, str | None]] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -86,8 +87,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.headers.get("Authorization") != f"Bearer {self.fake.token}":
-            self.fake.unauthorized += 1
+        if method == "GET":  # huggingface_hub's own look-ups (e.g. /api/agent-harnesses): not part of an upload
+            status, answer = 404, {"error": f"{self.path} is not faked"}
+        elif self.headers.get("Authorization") != f"Bearer {self.fake.token}":
+            self.fake.unauthorized.append((method, self.path, self.headers.get("Authorization")))
             status, answer = 401, {"error": "Invalid credentials in Authorization header"}
         else:
             status, answer = self.fake.handle(method, self.path.split("?", 1)[0], body)

@@ -190,7 +190,7 @@ def test_export_pushes_to_a_hub_with_the_token_from_the_environment_only(trained
         "chat_template.jinja",
     } <= set(files)
     assert files["model.safetensors"] == (out / "merged" / "model.safetensors").read_bytes()
-    assert hub.private["acme/tiny-chat"] and hub.unauthorized == 0
+    assert hub.private["acme/tiny-chat"] and hub.unauthorized == []
     assert (
         refused.returncode == 2
         and "needs a Hugging Face token with write access in the environment variable HF_TOKEN" in refused.stderr

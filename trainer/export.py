@@ -137,14 +137,27 @@ def save_merged(source: Source, out: Path, cache_dir: str, dtype: str = "auto") 
 def merged_folder(source: Source, cache_dir: str, dtype: str = "auto", out: Path | None = None) -> Path:
     """A folder with the run's merged weights: the run's own ``merged/`` (method.merge_adapter) or an earlier
     export when it is newer than the adapter, else a new export."""
-    if not source.adapter:
+    if not source.adapter and _stops_at_training_eos(source.folder):
         return source.folder
     out = out or (source.run_dir / "export" / "merged" if source.run_dir else source.folder.parent / "merged")
-    stamp = (source.folder / "adapter_model.safetensors").stat().st_mtime
+    weights = "adapter_model.safetensors" if source.adapter else "config.json"
+    stamp = (source.folder / weights).stat().st_mtime
     if (out / "config.json").is_file() and (out / "config.json").stat().st_mtime >= stamp and dtype == "auto":
         log.info("using the merged model in %s", out)
         return out
     return save_merged(source, out, cache_dir, dtype)
+
+
+def _stops_at_training_eos(folder: Path) -> bool:
+    """A full model folder whose generation config already stops at its tokenizer's end-of-sequence token."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    try:
+        configured = GenerationConfig.from_pretrained(folder).eos_token_id
+    except OSError:
+        return False
+    eos = AutoTokenizer.from_pretrained(folder).eos_token_id
+    return eos == configured or (isinstance(configured, list) and eos in configured)
 
 
 # ---------------------------------------------------------------- GGUF
@@ -189,11 +202,20 @@ def push(folder: Path, repo_id: str, private: bool, extra: list[Path]) -> str:
             f"export.push_to_hub={repo_id} needs a Hugging Face token with write access in the environment "
             "variable HF_TOKEN (hydratune never reads tokens from the config)."
         )
+    from huggingface_hub.errors import HfHubHTTPError
+
     api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="hydratune export")
-    for path in extra:
-        api.upload_file(path_or_fileobj=str(path), path_in_repo=path.name, repo_id=repo_id)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="hydratune export")
+        for path in extra:
+            api.upload_file(path_or_fileobj=str(path), path_in_repo=path.name, repo_id=repo_id)
+    except HfHubHTTPError as exc:
+        first_line = str(exc).splitlines()[0]
+        raise UserError(
+            f"The Hub refused export.push_to_hub={repo_id}: {first_line}. Check that HF_TOKEN holds a token with "
+            "write access to that namespace; the merged folder is kept, so push again when it is fixed."
+        ) from None
     log.info("pushed %s to %s", folder, repo_id)
     return str(getattr(commit, "commit_url", commit))
 
