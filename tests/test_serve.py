@@ -21,6 +21,7 @@ from tests.fake_hub import FakeHub
 from tests.fake_provider import files_containing
 from tests.helpers import REPO, compose, hydratune
 from trainer import endpoint_eval, evaluation, export
+from trainer.errors import UserError
 
 ANSWER = '["flour", "salt"]'
 SYSTEM = "List the generic ingredients as JSON."
@@ -171,16 +172,14 @@ def test_exported_model_gives_the_adapters_greedy_answers(trained_run, cache_dir
         assert tokenizer.decode(a[0, ids["input_ids"].shape[1] :], skip_special_tokens=True) == ANSWER
 
 
-def test_export_pushes_to_a_hub_with_the_token_from_the_environment_only(trained_run, cache_dir, tmp_path):
+def test_export_pushes_to_a_hub_with_the_token_from_the_environment_only(trained_run, cache_dir, tmp_path, monkeypatch):
     token = "hf_FAKE-write-token-0123456789"
     out, home = tmp_path / "pushed", tmp_path / "hf_home"
-    env = {"HF_ENDPOINT": "", "HF_TOKEN": token, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home)}
     with FakeHub(token) as hub:
-        env["HF_ENDPOINT"] = hub.url
+        env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": token, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home)}
         args = ["export", f"hydra.run.dir={trained_run}", f"export.dir={out}", "export.push_to_hub=acme/tiny-chat"]
         result = hydratune(*args, cache=cache_dir, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
-        refused = hydratune(*args, cache=cache_dir, env={**env, "HF_TOKEN": ""})
     files = hub.repos["acme/tiny-chat"]
     assert {
         "config.json",
@@ -191,12 +190,13 @@ def test_export_pushes_to_a_hub_with_the_token_from_the_environment_only(trained
     } <= set(files)
     assert files["model.safetensors"] == (out / "merged" / "model.safetensors").read_bytes()
     assert hub.private["acme/tiny-chat"] and hub.unauthorized == []
-    assert (
-        refused.returncode == 2
-        and "needs a Hugging Face token with write access in the environment variable HF_TOKEN" in refused.stderr
-    )
     assert files_containing(tmp_path, token) == [] and files_containing(trained_run, token) == []
     assert token not in result.stdout + result.stderr
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(
+        UserError, match="needs a Hugging Face token with write access in the environment variable HF_TOKEN"
+    ):
+        export.push(out / "merged", "acme/tiny-chat", True, [])
 
 
 def test_sigterm_stops_the_server_cleanly(server, trained_run):
