@@ -118,7 +118,7 @@ def _checked(overrides):
     try:
         return compose(*overrides)
     except Exception as exc:  # composition errors are rewritten by the CLI; test the rewrite directly
-        from trainer.errors import explain_composition_error
+        from trainer.compose_errors import explain_composition_error
 
         raise UserError(explain_composition_error(exc)) from None
 
@@ -137,6 +137,8 @@ def _checked(overrides):
         (["frobnicate"], "Unknown command 'frobnicate'"),
         (["+unknown_key=1"], "Unknown config key 'unknown_key'"),
         (["eval.few_shot=-1"], "eval.few_shot=-1 is out of range"),
+        (["--cfg", "job", "+unknown_key=1"], "Unknown config key 'unknown_key'"),
+        (["--help", "method=dorra"], "There is no option 'dorra' in config group 'method'"),
     ],
 )
 def test_cli_errors_are_one_paragraph_without_traceback(args, expected, tmp_path):
@@ -163,9 +165,11 @@ def test_help_and_cfg_do_not_import_torch(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Configuration groups" in result.stdout and "OK" in result.stdout
     assert "model: smollm2_135m" not in result.stdout  # --cfg prints the config, not choices
+    assert "method: dora, full, lora, qlora\n" in result.stdout  # options only, no schema_* entries
     assert Path(REPO / "conf" / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_tf32_on_the_cpu_is_a_user_error(tmp_path):
     result = hydratune(
         "model=tiny_random", "train.tf32=true", "hardware=cpu", f"hydra.run.dir={tmp_path}", cache=tmp_path

@@ -320,6 +320,22 @@ class GenerationSchema:
 
 
 @dataclass
+class CostSchema:
+    """Prices for the report's cost and break-even section (trainer/cost.py). Estimates: set your own."""
+
+    #: USD per hour of the machine that trains (local runs): training cost = training time x this.
+    usd_per_hour: float = 1.0
+    #: Inference prices of the base model, USD per million prompt (input) and answer (output) tokens.
+    prompt_usd_per_million: float = 0.15
+    answer_usd_per_million: float = 0.60
+    #: The fine-tuned model's prices (null: the base model's; providers often charge more for tuned models).
+    tuned_prompt_usd_per_million: float | None = None
+    tuned_answer_usd_per_million: float | None = None
+    #: K of the K-shot prompts fine-tuning is compared with (null: eval.few_shot when it is > 0, else 3).
+    shots: int | None = None
+
+
+@dataclass
 class EvalSchema:
     #: Evaluate at all (base and fine-tuned).
     enabled: bool = True
@@ -336,6 +352,8 @@ class EvalSchema:
     metrics: list[Any] = field(default_factory=list)
     #: Reuse the base model's results from the cache when model, data and eval settings are unchanged.
     cache_base: bool = True
+    #: Prices for the cost and break-even section of the report.
+    cost: CostSchema = field(default_factory=CostSchema)
     #: A model behind an OpenAI-compatible endpoint, evaluated as one more column (``eval.endpoint.name``);
     #: `hydratune eval` then evaluates it instead of loading ``model`` (no weights load), e.g.
     #: ``eval.endpoint.base_url=http://127.0.0.1:8000/v1 eval.endpoint.model=NAME`` for a model that
@@ -451,6 +469,16 @@ class ExportSchema:
     private: bool = True
 
 
+# ---------------------------------------------------------------- resume
+
+
+@dataclass
+class ResumeSchema:
+    #: Resume an unfinished run even when its config differs from the one it started with (learning rate, seed,
+    #: data...); by default the run stops and lists the differences (trainer/rundir.py).
+    allow_changes: bool = False
+
+
 # ---------------------------------------------------------------- root
 
 
@@ -477,6 +505,8 @@ class RootSchema:
     output_dir: str = "${hydra:runtime.output_dir}"
     #: What a sweep optimizes (hparams_search=...) and what its summary table is sorted by.
     objective: ObjectiveSchema = field(default_factory=ObjectiveSchema)
+    #: How an unfinished run in the same directory is resumed.
+    resume: ResumeSchema = field(default_factory=ResumeSchema)
     #: `hydratune serve`: the serving engine and its settings (serve=transformers or serve=vllm).
     serve: ServeSchema = MISSING
     #: `hydratune export`: merged weights, GGUF, Hub.
@@ -512,6 +542,14 @@ def register() -> None:
 
 
 register()
+
+
+def dataset_schema(node: Any) -> DatasetSchema:
+    """``cfg.dataset`` as a DatasetSchema object (mix items as SourceSchema objects), whether it was composed, loaded
+    from a run dir's config.yaml or written as a dict: every default comes from the schema, once."""
+    value = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DatasetSchema), node))
+    assert isinstance(value, DatasetSchema)
+    return value
 
 
 def hardware_schema(cfg: Any) -> type[HardwareSchema]:
