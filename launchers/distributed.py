@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from launchers import deepspeed_config, fsdp, slurm
+from launchers import SUBMITTERS, deepspeed_config, fsdp
 from trainer import rundir
 from trainer.errors import UserError, choice_error
 from trainer.threads import threads_per_process
@@ -43,18 +43,8 @@ def run(cfg: DictConfig, command: str) -> float | None:
     run_dir = Path(cfg.output_dir).resolve()
     device, nproc, node = resolve_device(hw), num_processes(hw), node_rank(hw)
     threads, _ = threads_per_process(hw.threads, nproc)
-    ds = deepspeed_config.build(hw)
-    sharding = fsdp.build(hw, fsdp.layer_classes(cfg.model, cfg.cache_dir)) if hw.fsdp is not None else None
-    with open_dict(cfg):  # what the workers' TrainingArguments need to know, in the config they load
-        if ds is not None:
-            cfg.train.deepspeed = str(run_dir / "deepspeed.json")
-        if sharding is not None:
-            cfg.train.update(sharding)
-        if "ddp_timeout" not in cfg.train:
-            cfg.train.ddp_timeout = hw.timeout_s
+    ds, sharding = worker_settings(cfg, run_dir)
     env = worker_env(cfg, threads)
-    if hw.submit == "slurm":
-        return submit_slurm(cfg, run_dir, ds, nproc, threads, device)
     cmd = launcher_command(hw, run_dir, nproc, node, device)
     if hw.dry_run:
         print_dry_run(cmd, env, ds, sharding)
@@ -78,12 +68,28 @@ def run(cfg: DictConfig, command: str) -> float | None:
     return None
 
 
+def worker_settings(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, dict | None]:
+    """The DeepSpeed config and the FSDP settings of this strategy (None when unused), and what the workers'
+    TrainingArguments need to know of them, written into ``cfg.train`` (the config they load)."""
+    hw = cfg.hardware
+    ds = deepspeed_config.build(hw)
+    sharding = fsdp.build(hw, fsdp.layer_classes(cfg.model, cfg.cache_dir)) if hw.fsdp is not None else None
+    with open_dict(cfg):
+        if ds is not None:
+            cfg.train.deepspeed = str(run_dir / "deepspeed.json")
+        if sharding is not None:
+            cfg.train.update(sharding)
+        if "ddp_timeout" not in cfg.train:
+            cfg.train.ddp_timeout = hw.timeout_s
+    return ds, sharding
+
+
 def check(cfg: DictConfig) -> None:
     hw = cfg.hardware
     if hw.launcher not in LAUNCHERS:
         raise choice_error("hardware.launcher", hw.launcher, LAUNCHERS, "launcher")
-    if hw.submit not in ("local", "slurm"):
-        raise choice_error("hardware.submit", hw.submit, ("local", "slurm"))
+    if hw.submit != "local" and hw.submit not in SUBMITTERS:
+        raise choice_error("hardware.submit", hw.submit, ("local", *SUBMITTERS))
     if hw.num_nodes < 1 or (hw.num_processes is not None and hw.num_processes < 1):
         raise UserError(
             f"hardware.num_nodes={hw.num_nodes} and hardware.num_processes={hw.num_processes} must be at least 1 "
@@ -214,26 +220,3 @@ def prepare_once(cfg: DictConfig, run_dir: Path, node: int) -> None:
     tokenizer, _ = models.load_tokenizer(cfg.model, path)
     key = data.prepare_once(cfg, tokenizer)
     log.info("dataset prepared once (cache key %s); workers load it from %s", key, cfg.cache_dir)
-
-
-def submit_slurm(cfg: DictConfig, run_dir: Path, ds: dict | None, nproc: int, threads: int, device: str) -> None:
-    script = slurm.render(cfg, run_dir, nproc, threads, device)
-    if cfg.hardware.dry_run:
-        print("hydratune: dry run, nothing submitted. sbatch script:\n" + script)
-        if ds is not None:
-            print("DeepSpeed config:\n" + json.dumps(ds, indent=2))
-        return None
-    prepare_once(cfg, run_dir, 0)
-    if ds is not None:
-        deepspeed_config.write(ds, run_dir)
-    (run_dir / "logs").mkdir(exist_ok=True)
-    path = run_dir / "job.sbatch"
-    path.write_text(script)
-    sbatch = shutil.which("sbatch")
-    if sbatch is None:
-        raise UserError(f"hardware.submit=slurm: `sbatch` is not on PATH here. The script is written: {path}")
-    out = subprocess.run([sbatch, str(path)], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise UserError(f"sbatch refused {path}: {out.stderr.strip()}")
-    log.info("%s; logs in %s", out.stdout.strip(), run_dir / "logs")
-    return None
