@@ -29,9 +29,8 @@ def layer_classes(model_cfg: DictConfig, cache_dir: str) -> list[str]:
     config = AutoConfig.from_pretrained(
         path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
     )
-    classes: list[Any]
     if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
-        classes = [MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]]
+        classes: list[Any] = [MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]]
     else:  # remote code: the classes its config names
         from transformers.dynamic_module_utils import get_class_from_dynamic_module
 

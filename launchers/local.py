@@ -45,9 +45,8 @@ def set_threads(hardware: DictConfig, processes: int = 1) -> int:
     return threads
 
 
-def run(cfg: DictConfig, command: str) -> float | None:
-    run_dir = Path(cfg.output_dir)
-    rundir.start(cfg, run_dir, command)
+def run(cfg: DictConfig, command: str) -> None:
+    run_dir = rundir.start(cfg, Path(cfg.output_dir), command)  # eval of a finished run: a new sub-dir of it
     device = pick_device(cfg.hardware, needs_cuda=cfg.method.quantization is not None)
     threads = set_threads(cfg.hardware)
     log.info("hardware=%s: device %s, %d threads", cfg.hardware.name, device, threads)
@@ -55,8 +54,7 @@ def run(cfg: DictConfig, command: str) -> float | None:
         from trainer import commands
 
         commands.prepare(cfg, run_dir)
-        return None
+        return
     from trainer import engine
 
     (engine.evaluate_only if command == "eval" else engine.train)(cfg, run_dir, device)
-    return None

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from trainer import atomic
 from trainer.errors import UserError
 from trainer.schema import DistributedHardwareSchema, hardware_schema
 from trainer.threads import threads_per_process
@@ -84,7 +85,7 @@ def run(cfg: DictConfig, command: str) -> None:
         deepspeed_config.write(ds, run_dir)
     (run_dir / "logs").mkdir(exist_ok=True)
     path = run_dir / "job.sbatch"
-    path.write_text(script)
+    atomic.write_text(path, script)
     job = submit(sbatch, path, run_dir)
     state, exit_code = wait(job)
     if state == "GONE" and (run_dir / "metrics.json").is_file():  # finished longer ago than SLURM remembers jobs
@@ -171,7 +172,7 @@ def submit(sbatch: str, script: Path, run_dir: Path) -> str:
     job = out.stdout.strip().split(";")[0]  # "<id>" or "<id>;<cluster>"
     record = run_dir / "slurm.json"
     jobs = json.loads(record.read_text())["jobs"] if record.is_file() else []
-    record.write_text(json.dumps({"jobs": [*jobs, {"id": job, "submitted": time.time()}]}, indent=1) + "\n")
+    atomic.write_json(record, {"jobs": [*jobs, {"id": job, "submitted": time.time()}]}, indent=1)
     log.info("submitted SLURM job %s (%s); log: %s", job, script, run_dir / "logs" / f"slurm-{job}.out")
     return job
 

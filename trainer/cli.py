@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import NoReturn
 
 import hydra
 from omegaconf import DictConfig
@@ -22,9 +23,12 @@ from trainer.errors import UserError, explain_composition_error
 
 #: Act on the provider job a cloud run dir recorded: `hydratune job-status hydra.run.dir=DIR`.
 JOB_COMMANDS = ("job-status", "job-attach", "job-cancel")
-#: Tools that write files instead of running: `hydratune convert-autotrain PATH [--out FILE]` (trainer/autotrain.py).
-TOOL_COMMANDS = ("convert-autotrain",)
-COMMANDS = ("train", "prepare", "eval", *JOB_COMMANDS, *TOOL_COMMANDS)
+#: Tools that write files instead of running: `hydratune convert-autotrain PATH [--out FILE]` (trainer/autotrain.py),
+#: `hydratune report DIR [DIR...]` (trainer/report_command.py).
+TOOL_COMMANDS = ("convert-autotrain", "report")
+#: Host a finished run: `hydratune serve|export hydra.run.dir=RUN` (trainer/serving.py, trainer/export.py).
+HOSTING_COMMANDS = ("serve", "export")
+COMMANDS = ("train", "prepare", "eval", *JOB_COMMANDS, *TOOL_COMMANDS, *HOSTING_COMMANDS)
 _PASS_THROUGH = tuple(f"{node}." for node in ("train", "method.peft", "method.quantization"))
 _command = "train"
 
@@ -33,17 +37,26 @@ _command = "train"
 def _task(cfg: DictConfig) -> float | None:
     from launchers import launch
     from trainer import rundir
+    from trainer.atomic import explain_io_error
 
     started = time.time()
     try:
         launch(cfg, _command)
+        return rundir.finished(cfg, _command, started)  # status.json; the configured objective, for Optuna
+    except KeyboardInterrupt:
+        rundir.interrupted(cfg, _command, started)
+        _interrupted(cfg.output_dir)
     except Exception as exc:
+        exc = explain_io_error(exc, cfg.output_dir) or exc  # a full or read-only disk: one paragraph
         if rundir.in_multirun():  # one failed run of a sweep is recorded in its status.json; the others go on
-            return rundir.failed(cfg, _command, started, exc)
+            rundir.failed(cfg, _command, started, exc)
+            return None  # Optuna records a failed trial
+        rundir.failed(cfg, _command, started, exc, quiet=True)
         if isinstance(exc, UserError):
             _fail(str(exc))  # SystemExit passes through Hydra's job runner without its "Error executing job" line
         raise
-    return rundir.finished(cfg, _command, started)  # status.json; the configured objective, for Optuna
+    finally:
+        rundir.release()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,21 +70,50 @@ def main(argv: list[str] | None = None) -> None:
     if _command in JOB_COMMANDS:
         return _job(_command, args)
     if _command in TOOL_COMMANDS:
-        return _convert_autotrain(args)
+        return _tool(_command, args)
+    if _command in HOSTING_COMMANDS:
+        return _hosting(_command, args)
     args = [_pass_through(arg) for arg in args]
     schema.register()
+    if "--help" in args or "-h" in args:
+        return _help(_overrides(args))
+    if "--cfg" in args or "-c" in args:  # Hydra prints the config and runs nothing: refuse what a run would refuse
+        from trainer.config_checks import check_config
+
+        try:
+            check_config(_compose(_overrides(args)))
+        except UserError as exc:
+            _fail(str(exc))
     # Hydra prints composition errors with a hint to set HYDRA_FULL_ERROR; we catch them ourselves instead and
     # print one paragraph that names the key and the allowed values.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     sys.argv = [sys.argv[0], *args]
+    printing = any(a in ("--cfg", "-c", "--info", "-i") or a.startswith(("--cfg=", "--info=")) for a in args)
     try:
-        _task()
+        if printing:  # Hydra prints the config itself: redact what it prints
+            from trainer.secrets import printed_redacted
+
+            with printed_redacted():
+                _task()
+        else:
+            _task()
+        _sweep_failures()
     except UserError as exc:
         _fail(str(exc))
-    except Exception as exc:  # noqa: BLE001 - only composition errors are rewritten, the rest re-raised
-        if not _is_composition_error(exc):
+    except KeyboardInterrupt:
+        _interrupted(None)
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - only composition and I/O errors are rewritten, the rest re-raised
+        if _is_composition_error(exc):
+            _fail(explain_composition_error(exc))
+        from trainer.atomic import explain_io_error
+
+        # Hydra creating the run dir or its log: a file in the way, a read-only or full disk.
+        explained = explain_io_error(exc, getattr(exc, "filename", None) or ".")
+        if explained is None:
             raise
-        _fail(explain_composition_error(exc))
+        _fail(str(explained))
 
 
 def _pass_through(arg: str) -> str:
@@ -80,6 +122,55 @@ def _pass_through(arg: str) -> str:
     if arg.startswith(_PASS_THROUGH) and "=" in arg:
         return "++" + arg
     return arg
+
+
+def _help(overrides: list[str]) -> None:
+    """``hydratune --help``: the groups and their options, then the config these overrides compose. Hydra's own
+    help deep-copies its config repository once per listed group (most of 4 s here); this composes once."""
+    from importlib import resources
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    conf = resources.files("conf")
+    groups = sorted(d.name for d in conf.iterdir() if d.is_dir() and d.name not in ("hydra", "__pycache__"))
+    listing = "\n".join(
+        f"{group}: {', '.join(sorted(f.name[:-5] for f in (conf / group).iterdir() if f.name.endswith('.yaml')))}"
+        for group in groups
+    )
+    cfg = _compose(overrides)
+    listing += "\n"  # as Hydra's page
+    text = yaml.safe_load((conf / "hydra" / "help" / "hydratune.yaml").read_text())
+    page = text["template"].replace("${hydra.help.header}", text["header"])
+    page = page.replace("${hydra.help.footer}", text["footer"]).replace("$APP_CONFIG_GROUPS", listing)
+    sys.stdout.write(page.replace("$CONFIG", OmegaConf.to_yaml(cfg)) + "\n")
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    """The config these overrides compose, outside a run (composition errors become one paragraph)."""
+    from hydra import compose, initialize_config_module
+
+    try:
+        with initialize_config_module("conf", version_base="1.3"):
+            return compose("config", overrides=overrides)
+    except Exception as exc:  # noqa: BLE001 - composition errors become one paragraph, as for a run
+        if not _is_composition_error(exc):
+            raise
+        _fail(explain_composition_error(exc))
+
+
+def _overrides(args: list[str]) -> list[str]:
+    """The overrides among Hydra's command-line flags (``--cfg job``, ``-p PACKAGE``, ``--resolve`` ...)."""
+    flags_with_value = ("--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp")
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = arg in flags_with_value
+        else:
+            out.append(arg)
+    return out
 
 
 def _job(word: str, args: list[str]) -> None:
@@ -91,13 +182,39 @@ def _job(word: str, args: list[str]) -> None:
         _fail(str(exc))
 
 
-def _convert_autotrain(args: list[str]) -> None:
-    from trainer import autotrain
+def _tool(word: str, args: list[str]) -> None:
+    import importlib
 
+    module = importlib.import_module(
+        {"convert-autotrain": "trainer.autotrain", "report": "trainer.report_command"}[word]
+    )
     try:
-        autotrain.main(args)
+        module.main(args)
     except UserError as exc:
         _fail(str(exc))
+
+
+def _hosting(word: str, args: list[str]) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    for chatty in ("httpx", "httpx2"):  # one line per request otherwise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    try:
+        if word == "serve":
+            from trainer import serving
+
+            serving.main(args)
+        else:
+            from trainer import export
+
+            export.main(args)
+    except UserError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - only composition errors are rewritten, the rest re-raised
+        if not _is_composition_error(exc):
+            raise
+        _fail(explain_composition_error(exc))
 
 
 def _is_composition_error(exc: BaseException) -> bool:
@@ -107,7 +224,26 @@ def _is_composition_error(exc: BaseException) -> bool:
     return isinstance(exc, HydraException | OmegaConfBaseException) and not isinstance(exc, UserError)
 
 
-def _fail(message: str) -> None:
+def _sweep_failures() -> None:
+    from trainer.sweeps import FAILED
+
+    if FAILED:
+        sys.stderr.write(
+            f"hydratune: {len(FAILED)} run(s) of the sweep did not finish ok: {', '.join(FAILED)}. The others finished; "
+            "see summary.md in the sweep dir and status.json in each run dir.\n"
+        )
+        raise SystemExit(1)
+
+
+def _interrupted(run_dir: str | None) -> NoReturn:
+    where = f" {run_dir}/status.json says 'interrupted';" if run_dir else ""
+    sys.stderr.write(
+        f"hydratune: interrupted.{where} run the same command again to resume from the last complete checkpoint.\n"
+    )
+    raise SystemExit(130)
+
+
+def _fail(message: str) -> NoReturn:
     sys.stderr.write(f"hydratune: error: {message}\n")
     raise SystemExit(2)
 

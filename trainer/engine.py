@@ -12,10 +12,11 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from trainer import data, endpoint_eval, evaluation, loggers, models, report
+from trainer import cost, data, endpoint_eval, evaluation, loggers, models, report, secrets
 from trainer.errors import UserError
+from trainer.plain import plain_dict
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def sft_config(cfg: DictConfig, run_dir: Path, device: str):
     """trl.SFTConfig from ``train`` plus what the run decides: output dir, seed, device, loggers."""
     from trl import SFTConfig
 
-    args = OmegaConf.to_container(cfg.train, resolve=True)
+    args = plain_dict(cfg.train)
     args.update(
         output_dir=str(run_dir / "checkpoints"),
         seed=cfg.seed,
@@ -56,6 +57,7 @@ def sft_config(cfg: DictConfig, run_dir: Path, device: str):
         run_name=cfg.run_name,
         dataset_kwargs={"skip_prepare_dataset": True},  # trainer.data already tokenized, truncated and packed
     )
+    secrets.token_to_env(args)  # hub_token: into HF_TOKEN, never into training_args.bin
     if args["bf16"] is None:
         args["bf16"] = device == "cuda" and models.resolve_dtype("auto", device)[0] == "bfloat16"
     if device != "cuda" and args.get("tf32"):
@@ -82,10 +84,10 @@ def build_trainer(cfg, run_dir: Path, device: str, model, tokenizer, prepared, p
 
 
 def last_checkpoint(run_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint; torn ones (a kill while writing) are set aside with a warning."""
+    from trainer.checkpoints import last_complete
 
-    folder = run_dir / "checkpoints"
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    return last_complete(run_dir / "checkpoints")
 
 
 def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
@@ -113,7 +115,7 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     checkpoint = last_checkpoint(run_dir)
     if checkpoint:
         log.info("resuming from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    trained = trainer.train(resume_from_checkpoint=checkpoint)
     if trainer.is_fsdp_enabled:  # checkpoints stay sharded; the final model is gathered into one full folder
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(run_dir / "model"))  # on every rank (ZeRO-3 gathers shards); the Trainer writes on rank 0
@@ -132,9 +134,12 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     if cfg.eval.enabled and endpoint_eval.configured(cfg.eval):
         results["compare"] = endpoint_eval.compare_models(cfg.eval, queries, run_dir=run_dir)
     results["data"] = {"cache_key": prepared.cache_key, "cache_hit": prepared.cache_hit, **prepared.stats}
+    if cfg.eval.enabled:
+        seconds, train_rows = trained.metrics["train_runtime"], prepared.examples.train
+        results["break_even"] = cost.local(cfg, seconds, results, tokenizer, queries, train_rows)
     report.write_report(run_dir, results, trainer.state.log_history, f"hydratune run: {cfg.run_name}")
     loggers.finish(trainer)
-    log.info("report: %s", run_dir / "report.md")
+    log.info("report: %s (and report.html)", run_dir / "report.md")
     return results
 
 

