@@ -168,6 +168,33 @@ class HardwareSchema:
 
 
 @dataclass
+class SkySchema:
+    """hardware.submit=skypilot: the SkyPilot task's resources and storage."""
+
+    #: GPUs per node, SkyPilot's spelling: ``L4:1``, ``A100-80GB:8``, ``H100:8``.
+    accelerators: str = "L4:1"
+    #: null: any cloud `sky check` enabled; else aws, gcp, azure, kubernetes, lambda, runpod ...
+    cloud: str | None = None
+    region: str | None = None
+    #: Spot (preemptible) instances: much cheaper; put the run dir on a bucket so that a relaunch resumes.
+    use_spot: bool = False
+    disk_size: int | None = None
+    #: A bucket (``s3://bucket/prefix``, ``gs://...``) for the run dir (runs/<run name>/<run dir name>) and the
+    #: cache: checkpoints outlive the cluster (spot preemption), and the next run reuses the cache.
+    bucket: str | None = None
+    #: Extras of this package the remote set-up installs.
+    extras: list[str] = field(default_factory=lambda: ["loggers"])
+    #: Environment variables for the task (names only in config; values from your environment: ``${oc.env:X}``).
+    envs: dict[str, str] = field(default_factory=dict)
+    #: Cluster name (null: hydratune-<run name>).
+    cluster: str | None = None
+    #: Tear the cluster down after the run dir is copied back.
+    down: bool = True
+    retry_until_up: bool = False
+    idle_minutes_to_autostop: int | None = None
+
+
+@dataclass
 class SubmittableHardwareSchema(HardwareSchema):
     """Strategies whose processes hydratune starts itself: here, or on machines a scheduler gives it."""
 
@@ -179,6 +206,7 @@ class SubmittableHardwareSchema(HardwareSchema):
     sbatch: dict[str, Any] = field(default_factory=dict)
     #: Print what would run (launcher command, sbatch script, SkyPilot task, generated configs), start nothing.
     dry_run: bool = False
+    sky: SkySchema = field(default_factory=SkySchema)
 
 
 @dataclass
