@@ -14,7 +14,7 @@ from tests.conftest import REPO, compose, hydratune
 from trainer.config_checks import check_config
 from trainer.errors import UserError
 
-GROUPS = ["model", "dataset", "method", "hardware", "logger", "eval", "experiment"]
+GROUPS = ["model", "dataset", "method", "hardware", "logger", "eval", "objective", "experiment"]
 
 
 def options(group: str) -> list[str]:
@@ -68,9 +68,9 @@ def test_metrics_construct():
 
 
 def test_library_args_file_matches_installed_libraries():
-    from trainer.library_args import NODES, describe, recorded
+    from trainer.library_args import TARGETS, describe, recorded
 
-    for target in NODES.values():
+    for target in TARGETS:
         assert recorded()[target] == describe(target), f"run `python -m trainer.library_args` after upgrading {target}"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainer import objectives
 from trainer.errors import UserError, choice_error
 from trainer.library_args import check_args
 
@@ -12,7 +13,17 @@ CHOICES = {
     "model.source": {"hf", "gguf_wheel", "tiny_random", "provider"},
     "model.dtype": {"auto", "float32", "bfloat16", "float16"},
     "model.generation_padding_side": {"left", "right"},
-    "dataset.format": {"chat", "alpaca", "sharegpt", "prompt_completion", "text", "template", "preference"},
+    "dataset.format": {
+        "chat",
+        "alpaca",
+        "sharegpt",
+        "prompt_completion",
+        "text",
+        "template",
+        "preference",
+        "unpaired",
+        "prompt",
+    },
     "dataset.on_error": {"fail", "skip"},
     "method.name": {"full", "lora", "dora", "qlora"},
     "hardware.kind": {"local", "distributed", "cloud"},
@@ -27,7 +38,7 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise choice_error(key, value, allowed)
-    check_args("train", OmegaConf.to_container(cfg.train, resolve=True))
+    objectives.check(cfg)  # the dataset shape, train and objective.args against the objective's TRL config class
     for node in ("peft", "quantization"):
         value = cfg.method[node]
         if value is not None:
@@ -51,9 +62,3 @@ def _check_combinations(cfg: DictConfig) -> None:
         )
     if method.peft is None and method.merge_adapter:
         raise UserError("method.merge_adapter=true needs an adapter method (lora, dora, qlora); method=full has none.")
-    if cfg.dataset.format == "preference" and OmegaConf.select(cfg, "hardware.objective") != "dpo":
-        raise UserError(
-            f"dataset.format=preference (prompt/chosen/rejected pairs) needs a preference objective (hardware=openai "
-            f"hardware.objective=dpo), and hardware={hw.name} trains with supervised fine-tuning. Use a chat, alpaca, sharegpt, prompt_completion, text or "
-            "template dataset here."
-        )

@@ -92,8 +92,11 @@ def generate(model, tokenizer, prompts: list[str], eval_cfg: DictConfig, desc: s
     return outputs
 
 
-def evaluate(trainer, tokenizer, cfg: DictConfig, qs: list[Query], label: str, run_loss: bool = True) -> dict:
-    """Loss/perplexity on the validation dataset (when there is one) and generation metrics on ``qs``."""
+def evaluate(
+    trainer, tokenizer, cfg: DictConfig, qs: list[Query], label: str, run_loss: bool = True, scorers: dict | None = None
+) -> dict:
+    """Loss/perplexity on the validation dataset (when there is one) and generation metrics on ``qs``;
+    ``scorers`` (name -> function of all the predictions) add numbers of their own (GRPO's mean reward)."""
     result: dict = {}
     if run_loss and trainer.eval_dataset is not None and len(trainer.eval_dataset) > 0:
         loss = trainer.evaluate(metric_key_prefix=f"{label}_eval")[f"{label}_eval_loss"]
@@ -107,6 +110,8 @@ def evaluate(trainer, tokenizer, cfg: DictConfig, qs: list[Query], label: str, r
     for metric in metrics:
         scores = [metric(p, q.reference) for p, q in zip(predictions, qs, strict=True)]
         result[metric.name] = sum(scores) / len(scores)
+    for name, scorer in (scorers or {}).items():
+        result[name] = scorer(predictions)
     result["prompt_tokens_per_query"] = sum(
         len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts
     ) / len(prompts)
@@ -124,6 +129,7 @@ def base_cache_file(cfg: DictConfig, model_path: str, qs: list[Query], dataset_k
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "model_path": model_path,
         "eval": OmegaConf.to_container(cfg.eval, resolve=True),
+        "objective": OmegaConf.to_container(cfg.objective, resolve=True),  # its loss and its own metrics
         "dataset": dataset_key,
         "queries": [[q.prompt, q.reference] for q in qs],
         "label": label,

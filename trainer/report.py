@@ -12,12 +12,16 @@ _HEADINGS = {"base": "base model", "few_shot": "base + few-shot prompt", "finetu
 LOWER_IS_BETTER = {"eval_loss", "perplexity", "prompt_tokens_per_query"}
 
 
-def write_report(run_dir: Path, metrics: dict, history: list[dict], title: str) -> None:
-    """Write metrics.json (all sections), loss_curve.png (when there is a history) and report.md."""
+HEADLINE = ("exact_match", "token_f1", "eval_loss")
+
+
+def write_report(run_dir: Path, metrics: dict, history: list[dict], title: str, headline=HEADLINE) -> None:
+    """Write metrics.json (all sections), loss_curve.png (when there is a history) and report.md; the verdict
+    states the first ``headline`` metric (the objective's, e.g. pair_accuracy for DPO) both sections have."""
     run_dir = Path(run_dir)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     plot = plot_losses(history, run_dir / "loss_curve.png")
-    (run_dir / "report.md").write_text(render_markdown(metrics, title, plot))
+    (run_dir / "report.md").write_text(render_markdown(metrics, title, plot, tuple(headline)))
 
 
 def plot_losses(history: list[dict], path: Path) -> Path | None:
@@ -55,16 +59,16 @@ def comparison_rows(metrics: dict) -> tuple[list[str], list[tuple[str, list[str]
     for name in names:
         cells = [_fmt(metrics[s].get(name)) for s in sections]
         if "base" in sections and "finetuned" in sections:
-            same_data = name == "examples"  # a count, not a score: no change to show
+            same_data = name in ("examples", "pairs")  # a count, not a score: no change to show
             cells.append("-" if same_data else _delta(metrics["base"].get(name), metrics["finetuned"].get(name), name))
         rows.append((name, cells))
     headings = [_HEADINGS[s] for s in sections] + (["change"] if {"base", "finetuned"} <= set(sections) else [])
     return headings, rows
 
 
-def verdict(metrics: dict) -> str:
+def verdict(metrics: dict, headline=HEADLINE) -> str:
     base, tuned = metrics.get("base") or {}, metrics.get("finetuned") or {}
-    for name in ("exact_match", "token_f1", "eval_loss"):
+    for name in headline:
         if name in base and name in tuned:
             better = tuned[name] < base[name] if name in LOWER_IS_BETTER else tuned[name] > base[name]
             word = "beat" if better else "did NOT beat"
@@ -74,8 +78,8 @@ def verdict(metrics: dict) -> str:
     return "No base-model evaluation to compare with (eval.compare_base=false or eval=none)."
 
 
-def render_markdown(metrics: dict, title: str, plot: Path | None) -> str:
-    lines = [f"# {title}", "", verdict(metrics), ""]
+def render_markdown(metrics: dict, title: str, plot: Path | None, headline=HEADLINE) -> str:
+    lines = [f"# {title}", "", verdict(metrics, headline), ""]
     headings, rows = comparison_rows(metrics)
     if rows:
         lines += ["| metric | " + " | ".join(headings) + " |", "|---" * (len(headings) + 1) + "|"]

@@ -90,10 +90,10 @@ def finished(cfg: DictConfig, command: str, started: float) -> float | None:
     run_dir = Path(cfg.output_dir)
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    value = objective(metrics, cfg.objective.metric)
+    value = objective(metrics, cfg.optimize.metric)
     if value is None and command == "train":
-        log.warning("objective %s is not in %s: this run has no objective value", cfg.objective.metric, metrics_file)
-    _write_status(run_dir, "ok", command, started, objective=value, objective_metric=cfg.objective.metric)
+        log.warning("objective %s is not in %s: this run has no objective value", cfg.optimize.metric, metrics_file)
+    _write_status(run_dir, "ok", command, started, objective=value, objective_metric=cfg.optimize.metric)
     return value
 
 

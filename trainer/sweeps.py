@@ -59,7 +59,7 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        metric, direction = str(config.objective.metric), config.objective.direction
+        metric, direction = str(config.optimize.metric), config.optimize.direction
         try:
             written = write_summary(sweep_dir, metric, getattr(direction, "name", str(direction)))
         except Exception:  # noqa: BLE001 - a summary problem must not turn a finished sweep into a failure

@@ -9,12 +9,11 @@ from omegaconf import OmegaConf
 from trainer.errors import UserError, choice_error
 
 PROVIDERS = ("openai", "azure_openai")
-OBJECTIVES = ("supervised", "dpo")
 ON_INTERRUPT = ("detach", "cancel")
 HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier", "dpo_beta")
 PROVIDER_MODELS = "model=gpt_4o_mini, gpt_4_1_mini, gpt_4_1_nano or gpt_35_turbo"
 SUPPORTS = (
-    "The provider trains its own way: it supports hardware.objective=supervised or dpo and the "
+    "The provider trains its own way: it supports objective=sft or dpo and the "
     "hyperparameters hardware.n_epochs, batch_size, learning_rate_multiplier (a number or auto), seed and "
     "suffix"
 )
@@ -33,8 +32,6 @@ def check_cloud(cfg: Any) -> None:
         return
     if hw.provider not in PROVIDERS:
         raise choice_error("hardware.provider", hw.provider, PROVIDERS)
-    if hw.objective not in OBJECTIVES:
-        raise choice_error("hardware.objective", hw.objective, OBJECTIVES)
     if hw.on_interrupt not in ON_INTERRUPT:
         raise choice_error("hardware.on_interrupt", hw.on_interrupt, ON_INTERRUPT)
     if model.source != "provider":
@@ -63,11 +60,6 @@ def check_cloud(cfg: Any) -> None:
             f"dataset.format=text (raw text for continued pretraining) cannot be sent to a chat "
             f"fine-tuning API (hardware={hw.name}). Use a chat, alpaca, sharegpt, prompt_completion or "
             "template dataset."
-        )
-    if hw.objective == "dpo" and fmt != "preference":
-        raise UserError(
-            f"hardware.objective=dpo needs preference pairs (dataset.format=preference with prompt, "
-            f"chosen, rejected), but dataset.format={fmt}. Use hardware.objective=supervised for it."
         )
     if (
         hw.provider == "azure_openai"

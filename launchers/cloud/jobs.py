@@ -25,15 +25,18 @@ METRICS_FILE = "metrics.jsonl"  # the local runs' training log (trainer/loggers.
 MAX_LIST_PAGES = 20
 
 
-def params(hw: Any, model: str, training_file: str, validation_file: str | None, run_id: str) -> dict[str, Any]:
-    """Arguments of fine_tuning.jobs.create from the hardware config."""
+def params(
+    hw: Any, model: str, training_file: str, validation_file: str | None, run_id: str, method: str = "supervised"
+) -> dict[str, Any]:
+    """Arguments of fine_tuning.jobs.create from the hardware config; ``method`` is the provider's name of the
+    objective (objective.providers: supervised or dpo)."""
     hyper = {k: _number_or_auto(hw[k]) for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
-    if hw.objective == "dpo":
+    if method == "dpo":
         hyper["beta"] = _number_or_auto(hw.dpo_beta)
     out: dict[str, Any] = {
         "model": model,
         "training_file": training_file,
-        "method": {"type": hw.objective, hw.objective: {"hyperparameters": hyper}},
+        "method": {"type": method, method: {"hyperparameters": hyper}},
     }
     if validation_file:
         out["validation_file"] = validation_file
@@ -46,9 +49,11 @@ def params(hw: Any, model: str, training_file: str, validation_file: str | None,
     return out
 
 
-def settings(hw: Any, model: str, train_sha256: str, validation_sha256: str | None) -> dict[str, Any]:
+def settings(
+    hw: Any, model: str, train_sha256: str, validation_sha256: str | None, method: str = "supervised"
+) -> dict[str, Any]:
     """What a job is made of, known before any upload: model, method, seed, suffix and the data's hashes."""
-    args = params(hw, model, "", None, "")
+    args = params(hw, model, "", None, "", method)
     kept = {k: v for k, v in args.items() if k not in ("training_file", "metadata")}
     return json.loads(json.dumps({**kept, "train_sha256": train_sha256, "validation_sha256": validation_sha256}))
 

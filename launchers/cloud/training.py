@@ -13,6 +13,7 @@ from launchers.cloud.client import make_client, user_errors
 from launchers.cloud.prepare import Prepared, prepare, provider_model
 from launchers.cloud.retrying import Retry
 from launchers.cloud.state import State
+from trainer import objectives
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,11 @@ def _run(cfg: Any, command: str) -> float | None:
 
 def train(cfg: Any, client: Any, state: State, retry: Retry, prepared: Prepared, events: jobs.EventLog) -> Any:
     """Upload (once), create or find the job, follow it to the end; the succeeded job, else a UserError."""
-    hw, model = cfg.hardware, provider_model(cfg)
-    wanted = jobs.settings(hw, model, prepared.train_sha256, prepared.validation_sha256)
+    hw, model, method = cfg.hardware, provider_model(cfg), objectives.provider_method(cfg)
+    wanted = jobs.settings(hw, model, prepared.train_sha256, prepared.validation_sha256, method)
     jobs.check_settings(state, wanted)
     try:
-        job_id = start_job(client, state, retry, prepared, hw, model, wanted)
+        job_id = start_job(client, state, retry, prepared, hw, model, wanted, method)
     except KeyboardInterrupt:
         raise UserError(
             f"Interrupted before the job was recorded. Run the same command again to resume: {cfg.output_dir} "
@@ -69,14 +70,16 @@ def train(cfg: Any, client: Any, state: State, retry: Retry, prepared: Prepared,
     return job
 
 
-def start_job(client: Any, state: State, retry: Retry, prepared: Prepared, hw: Any, model: str, wanted: dict) -> str:
+def start_job(
+    client: Any, state: State, retry: Retry, prepared: Prepared, hw: Any, model: str, wanted: dict, method: str
+) -> str:
     train_id = uploads.upload(client, state, retry, prepared.train_path, "train", prepared.train_sha256)
     val_id = None
     if prepared.validation_path is not None:
         val_id = uploads.upload(
             client, state, retry, prepared.validation_path, "validation", prepared.validation_sha256
         )
-    args = jobs.params(hw, model, train_id, val_id, state.run_id)
+    args = jobs.params(hw, model, train_id, val_id, state.run_id, method)
     return jobs.ensure_job(client, state, retry, args, wanted)
 
 
