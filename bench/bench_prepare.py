@@ -4,7 +4,7 @@ Everything runs in this one invocation on the same file, from JSON load to stati
 - cookbook: a faithful re-implementation of "Data preparation and analysis for chat model fine-tuning"
   (json.loads per line, format-error checks, per-message token counts with tiktoken, distributions, billing
   tokens), single process;
-- hydratune, provider path: what `hydratune prepare hardware=openai model=gpt_35_turbo dataset=chat_jsonl
+- hydratune, provider path: what `hydratune prepare hardware=openai model=gpt_4o_mini dataset=chat_jsonl
   dataset.path=FILE dataset.validation_size=0` runs once the config is composed (check_cloud, then
   launchers.cloud.prepare.prepare: read, validate every row, OpenAI's format checks, tiktoken counts with the same
   cl100k_base encoding and overheads, cost estimate, statistics, provider_train.jsonl written and hashed).
@@ -164,7 +164,7 @@ def model_tokenizer(cache: Path):
 
 
 def provider_config(data: Path, out: Path):
-    """The config `hydratune prepare hardware=openai model=gpt_35_turbo dataset=chat_jsonl ...` composes."""
+    """The config `hydratune prepare hardware=openai model=gpt_4o_mini dataset=chat_jsonl ...` composes."""
     from hydra import compose, initialize_config_module
 
     from trainer import schema
@@ -172,7 +172,8 @@ def provider_config(data: Path, out: Path):
     schema.register()
     overrides = [
         "hardware=openai",
-        "model=gpt_35_turbo",
+        "model=gpt_4o_mini",
+        "model.encoding=cl100k_base",  # the cookbook loop's encoding (gpt-3.5-turbo's, retired on 2026-10-23)
         "dataset=chat_jsonl",
         f"dataset.path={data}",
         "dataset.validation_size=0",  # every row validated and counted, as the cookbook does
@@ -271,7 +272,7 @@ def main() -> None:
     print()
     print(f"rows: {rows}, {args.rounds} alternating rounds, best of each; tiktoken cl100k_base for both")
     print(line("cookbook loop (single process)", cook))
-    print(line("hydratune prepare hardware=openai model=gpt_35_turbo", ours))
+    print(line("hydratune prepare hardware=openai model=gpt_4o_mini", ours))
     ratios = ", ".join(f"{c / o:.2f}" for c, o in zip(cook, ours, strict=True))
     print(
         f"speed ratio hydratune / cookbook: {min(cook) / min(ours):.2f}x best vs best; "

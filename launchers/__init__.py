@@ -1,27 +1,23 @@
 """Launchers run a resolved config on a hardware strategy. Each takes (cfg, command) and leaves its results in
 the run dir; the CLI reads the configured objective from metrics.json afterwards (trainer.rundir.finished).
-They share code through functions, not classes."""
+They share code through functions, not classes. The hardware option's schema type names its launcher module
+(``HardwareSchema.runner``): a new strategy is a new schema subclass and a new module, never a branch here."""
 
 from __future__ import annotations
 
+import importlib
+
 from omegaconf import DictConfig
 
+from trainer.schema import hardware_schema
 
-def launch(cfg: DictConfig, command: str) -> float | None:
+
+def launch(cfg: DictConfig, command: str) -> None:
     from trainer.config_checks import check_config
 
     check_config(cfg)
-    kind = cfg.hardware.kind
-    if kind == "local":
-        from launchers import local
+    if cfg.logger.name == "mlflow":  # store and experiment decided once, here: workers load the written config
+        from trainer.mlflow_tracking import resolve
 
-        return local.run(cfg, command)
-    if kind == "distributed":
-        from launchers import distributed
-
-        return distributed.run(cfg, command)
-    if kind == "cloud":
-        from launchers import cloud
-
-        return cloud.run(cfg, command)
-    raise NotImplementedError(f"hardware kind '{kind}' has no launcher yet")
+        resolve(cfg)
+    importlib.import_module(hardware_schema(cfg).runner).run(cfg, command)

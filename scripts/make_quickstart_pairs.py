@@ -49,7 +49,7 @@ def main() -> None:
     cache = os.environ.get("HYDRATUNE_CACHE", str(Path.home() / ".cache" / "hydratune"))
     path = models.resolve_path(model_cfg, cache)
     tokenizer, _ = models.load_tokenizer(model_cfg, path)
-    model = models.load_model(model_cfg, OmegaConf.create({"quantization": None}), path, tokenizer, "cpu")
+    model = models.load_model(model_cfg, OmegaConf.create({"quantization": None}), path, tokenizer, "cpu", "float32")
     rows = [json.loads(line) for line in SOURCE.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = rows[: args.limit] if args.limit else rows
     queries = evaluation.queries(rows, None)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from launchers.cloud.checks import check_cloud
-from tests.conftest import compose
+from tests.helpers import compose
 from trainer.errors import UserError
+from trainer.schema import hardware_schema
 
-MODELS = ["gpt_4o_mini", "gpt_4_1_mini", "gpt_4_1_nano", "gpt_35_turbo"]
+MODELS = ["gpt_4o_mini", "gpt_4_1_mini", "gpt_4o", "gpt_4_1", "gpt_4_1_nano", "gpt_35_turbo"]
+RETIRED_AT_OPENAI = {"gpt_4_1_nano", "gpt_35_turbo"}
 
 
 @pytest.mark.parametrize("hardware", ["openai", "azure_openai"])
@@ -17,9 +19,13 @@ def test_every_cloud_option_composes_and_passes_the_checks(hardware, model):
     from trainer.config_checks import check_config
 
     cfg = compose(f"hardware={hardware}", f"model={model}")
-    assert cfg.hardware.kind == "cloud" and cfg.model.source == "provider" and cfg.model.encoding
+    assert hardware_schema(cfg).runner == "launchers.cloud" and cfg.model.source == "provider" and cfg.model.encoding
     check_config(cfg)
-    check_cloud(cfg)
+    if hardware == "openai" and model in RETIRED_AT_OPENAI:
+        with pytest.raises(UserError, match="is retired at openai: new fine-tuning jobs closed on 2026-10-23"):
+            check_cloud(cfg)
+    else:
+        check_cloud(cfg)
     assert cfg.model.name_or_path.replace("gpt-3.5", "gpt-35") in cfg.hardware.price_per_million_training_tokens or (
         hardware == "openai" and cfg.model.name_or_path in cfg.hardware.price_per_million_training_tokens
     )
@@ -55,3 +61,44 @@ def test_azure_deployment_needs_its_resource():
     cfg = compose("hardware=azure_openai", "model=gpt_4o_mini", "hardware.deployment.create=true")
     with pytest.raises(UserError, match="subscription_id, resource_group"):
         check_cloud(cfg)
+
+
+def test_retired_model_stops_the_command_before_anything_runs(tmp_path):
+    from tests.helpers import hydratune
+
+    run_dir = tmp_path / "run"
+    done = hydratune("hardware=openai", "model=gpt_35_turbo", f"hydra.run.dir={run_dir}", cache=tmp_path / "cache")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    message = done.stderr.replace("\n", " ")
+    assert "gpt-3.5-turbo-0125 is retired at openai: new fine-tuning jobs closed on 2026-10-23" in message
+    assert "Instead use: model=gpt_4o_mini or model=gpt_4_1_mini" in message and "Together AI" in message
+    assert not (run_dir / "config.yaml").exists()  # refused before the run started
+
+
+@pytest.mark.parametrize(
+    ("today", "expected"),
+    [
+        ("2026-12-01", (36, 44, True)),  # inside the 90 days: warned
+        ("2026-09-01", (127, 135, False)),  # further out: no warning
+        ("2027-01-05", (1, 9, True)),
+    ],
+)
+def test_days_left_come_from_the_model_option(monkeypatch, today, expected):
+    from launchers.cloud import lifecycle
+
+    monkeypatch.setenv("HYDRATUNE_TODAY", today)
+    life = lifecycle.check(compose("hardware=openai", "model=gpt_4o_mini"))
+    assert (life.days_to_training_close, life.days_to_shutdown, life.closing_soon) == expected
+    assert f"new fine-tuning jobs stop on 2027-01-06 ({expected[0]} days left)" in life.warning()
+    assert lifecycle.lifecycle(compose("hardware=azure_openai", "model=gpt_4o_mini")) is None  # no Azure dates set
+
+
+def test_training_closed_model_is_refused_and_dates_are_config(monkeypatch):
+    monkeypatch.setenv("HYDRATUNE_TODAY", "2027-01-06")
+    with pytest.raises(UserError, match="gpt-4o-mini-2024-07-18 is retired at openai.*closed on 2027-01-06"):
+        check_cloud(compose("hardware=openai", "model=gpt_4o_mini"))
+    # a user who learns of a later date corrects the option (or overrides it) and the model works again
+    later = compose("hardware=openai", "model=gpt_4o_mini", "model.lifecycle.openai.training_closes=2027-06-30")
+    check_cloud(later)
+    with pytest.raises(UserError, match=r"model.lifecycle.openai.shutdown=soon is not a date: write it as YYYY-MM-DD"):
+        check_cloud(compose("hardware=openai", "model=gpt_4o_mini", "model.lifecycle.openai.shutdown=soon"))

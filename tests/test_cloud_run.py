@@ -11,8 +11,8 @@ import pytest
 from launchers import cloud
 from launchers.cloud import client as cloud_client
 from launchers.cloud import jobs
-from tests.conftest import compose
 from tests.fake_provider import ALL_ROUTES, FakeProvider, files_containing, write_chat_dataset
+from tests.helpers import compose
 from trainer.config_checks import check_config
 from trainer.errors import UserError
 
@@ -86,6 +86,8 @@ def test_openai_end_to_end(fake, tmp_path, capsys, caplog):
     assert len(metrics["job"]["checkpoints"]) == 2
     assert objective == pytest.approx(0.55)  # the last validation loss from the provider's events
     assert "beat the base model" in (run_dir / "report.md").read_text()
+    assert metrics["lifecycle"]["days_to_training_close"] == 36  # HYDRATUNE_TODAY=2026-12-01 (tests/conftest.py)
+    assert "2027-01-06 (36 days left)" in (run_dir / "report.md").read_text()
     assert (run_dir / "loss_curve.png").is_file()
     (request,) = fake.job_requests
     assert request["method"] == {
@@ -114,9 +116,11 @@ def test_prepare_validates_counts_and_prices_without_calling_the_provider(fake, 
     assert cloud.run(cfg, "prepare") is None
     out = capsys.readouterr().out
     assert "15 training / 5 validation examples" in out and "billed tokens" in out and "$3/1M" in out
+    assert "WARNING: gpt-4o-mini-2024-07-18 at openai: new fine-tuning jobs stop on 2027-01-06 (36 days left)" in out
     assert fake.requests == []
     estimate = json.loads((Path(cfg.output_dir) / "cloud_estimate.json").read_text())
     assert estimate["estimate"]["billed_tokens"] == estimate["estimate"]["tokens_per_epoch"] * 6
+    assert estimate["lifecycle"]["days_to_shutdown"] == 44 and "44 days left" in estimate["lifecycle"]["warning"]
 
 
 def test_bursts_of_429_and_500_on_every_endpoint_are_survived(fake, tmp_path):

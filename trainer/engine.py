@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from trainer import evaluation, loggers, models, objectives, report
+from trainer import cost, data, endpoint_eval, evaluation, loggers, models, objectives, report
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +24,17 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def load_model_and_tokenizer(cfg: DictConfig, device: str):
+def weight_dtype(cfg: DictConfig, device: str) -> dict:
+    """model.dtype resolved for this device (auto: by what torch reports), logged with the reason."""
+    dtype, why = models.resolve_dtype(cfg.model.dtype, device, full_weights=cfg.method.peft is None)
+    log.info("model.dtype=%s -> %s: %s", cfg.model.dtype, dtype, why)
+    return {"device": device, "model_dtype": dtype, "why": why}
+
+
+def load_model_and_tokenizer(cfg: DictConfig, device: str, dtype: str):
     path = models.resolve_path(cfg.model, cfg.cache_dir)
     tokenizer, added_tokens = models.load_tokenizer(cfg.model, path)
-    model = models.load_model(cfg.model, cfg.method, path, tokenizer, device, cfg.objective.head)
+    model = models.load_model(cfg.model, cfg.method, path, tokenizer, device, dtype, cfg.objective.head)
     log.info(
         "model %s (%s, %.1fM parameters) on %s", cfg.model.name_or_path, path, model.num_parameters() / 1e6, device
     )
@@ -62,7 +69,10 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
 
     set_seed(cfg.seed)
     main = is_main_process()  # every rank trains and evaluates; only rank 0 writes files into the run dir
-    model_path, tokenizer, added_tokens, model = load_model_and_tokenizer(cfg, device)
+    results: dict = {"hardware": weight_dtype(cfg, device)}
+    model_path, tokenizer, added_tokens, model = load_model_and_tokenizer(
+        cfg, device, results["hardware"]["model_dtype"]
+    )
     prepared = objectives.prepare(cfg, tokenizer, run_dir if main else None)
     log.info("dataset: %d training / %d validation rows", len(prepared.train), len(prepared.validation))
 
@@ -71,8 +81,8 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     if peft_config is not None:
         trainer.model.print_trainable_parameters()
 
-    results: dict = {}
     held_out = objectives.held_out(cfg, prepared.examples, cfg.eval.max_examples)
+    queries = held_out.queries
     if cfg.eval.enabled and cfg.eval.compare_base:
         with before_training(trainer):
             results.update(base_sections(cfg, trainer, tokenizer, held_out, model_path, prepared, main))
@@ -80,7 +90,9 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     checkpoint = last_checkpoint(run_dir)
     if checkpoint:
         log.info("resuming from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    trained = trainer.train(resume_from_checkpoint=checkpoint)
+    if trainer.is_fsdp_enabled:  # checkpoints stay sharded; the final model is gathered into one full folder
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(run_dir / "model"))  # on every rank (ZeRO-3 gathers shards); the Trainer writes on rank 0
     if main:
         tokenizer.save_pretrained(run_dir / "model")
@@ -95,10 +107,17 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
         results["finetuned"] = objectives.evaluate(trainer, tokenizer, cfg, held_out, "finetuned", base)
     if not main:
         return results
+    if cfg.eval.enabled and endpoint_eval.configured(cfg.eval):
+        results["compare"] = endpoint_eval.compare_models(cfg.eval, queries, run_dir=run_dir)
     results["data"] = {"cache_key": prepared.cache_key, "cache_hit": prepared.cache_hit, **prepared.stats}
+    if cfg.eval.enabled:
+        seconds, train_rows = trained.metrics["train_runtime"], prepared.examples.train
+        results["break_even"] = cost.local(cfg, seconds, results, tokenizer, queries, train_rows)
+    results["objective"] = {"name": cfg.objective.name, "headline": list(cfg.objective.headline)}  # the verdict's
     title = f"hydratune run: {cfg.run_name} (objective={cfg.objective.name})"
-    report.write_report(run_dir, results, trainer.state.log_history, title, cfg.objective.headline)
-    log.info("report: %s", run_dir / "report.md")
+    report.write_report(run_dir, results, trainer.state.log_history, title)
+    loggers.finish(trainer)
+    log.info("report: %s (and report.html)", run_dir / "report.md")
     return results
 
 
@@ -145,14 +164,27 @@ def base_sections(cfg, trainer, tokenizer, held_out, model_path, prepared, main:
 
 
 def evaluate_only(cfg: DictConfig, run_dir: Path, device: str) -> dict:
-    """``hydratune eval``: the configured model on the held-out split, no training (one 'base' section)."""
+    """``hydratune eval``: the configured model on the held-out split, no training (one 'base' section), or with
+    eval.endpoint the model behind that endpoint (no weights load), plus eval.compare_models."""
     from transformers import set_seed
 
     set_seed(cfg.seed)
-    _, tokenizer, _, model = load_model_and_tokenizer(cfg, device)
+    if cfg.eval.endpoint.base_url:
+        examples = data.load_examples(cfg.dataset, run_dir)
+        queries = evaluation.queries(examples.validation, cfg.eval.max_examples)
+        results = {"compare": endpoint_eval.compare_models(cfg.eval, queries, run_dir=run_dir)}
+        report.write_report(
+            run_dir, results, [], f"hydratune eval: {cfg.eval.endpoint.model} at {cfg.eval.endpoint.base_url}"
+        )
+        return results
+    hardware = weight_dtype(cfg, device)
+    _, tokenizer, _, model = load_model_and_tokenizer(cfg, device, hardware["model_dtype"])
     prepared = objectives.prepare(cfg, tokenizer, run_dir)
     trainer = build_trainer(cfg, run_dir, device, model, tokenizer, prepared)
     held_out = objectives.held_out(cfg, prepared.examples, cfg.eval.max_examples)
-    results = {"base": objectives.evaluate(trainer, tokenizer, cfg, held_out, "base")}
-    report.write_report(run_dir, results, [], f"hydratune eval: {cfg.model.name_or_path}", cfg.objective.headline)
+    results = {"hardware": hardware, "base": objectives.evaluate(trainer, tokenizer, cfg, held_out, "base")}
+    if endpoint_eval.configured(cfg.eval):
+        results["compare"] = endpoint_eval.compare_models(cfg.eval, held_out.queries, run_dir=run_dir)
+    results["objective"] = {"name": cfg.objective.name, "headline": list(cfg.objective.headline)}
+    report.write_report(run_dir, results, [], f"hydratune eval: {cfg.model.name_or_path}")
     return results

@@ -20,6 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
+#: How much of each rendered prompt (its end: the question) the per-example record keeps.
+PROMPT_CHARS = 1200
+
 
 @dataclass
 class Query:
@@ -30,14 +33,19 @@ class Query:
 
 
 def queries(rows: list[dict], limit: int | None) -> list[Query]:
-    """Held-out rows -> queries: a chat row is asked everything before its last assistant message."""
+    """Held-out rows -> queries: a chat row is asked everything before its last assistant message (a row with
+    nothing before it is no query), a preference row its prompt with the chosen answer as the reference."""
     out = []
     for row in rows:
         if "messages" in row:
             messages = row["messages"]
             last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-            if last is not None:
+            if last:
                 out.append(Query([_plain(m) for m in messages[:last]], messages[last]["content"]))
+        elif "chosen" in row and isinstance(row.get("prompt"), list):
+            answers = [m for m in row["chosen"] if m["role"] == "assistant"]
+            if row["prompt"] and answers:
+                out.append(Query([_plain(m) for m in row["prompt"]], answers[-1]["content"]))
         elif "completion" in row and isinstance(row.get("prompt"), str):
             out.append(Query(row["prompt"], row["completion"]))
     return out[:limit] if limit is not None else out
@@ -75,6 +83,7 @@ def generate(model, tokenizer, prompts: list[str], eval_cfg: DictConfig, desc: s
         gen.pop("temperature")
         gen.pop("top_p")
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    eos = end_of_answer_tokens(model, tokenizer)
     was_training = model.training
     model.eval()
     outputs: list[str] = []
@@ -83,13 +92,21 @@ def generate(model, tokenizer, prompts: list[str], eval_cfg: DictConfig, desc: s
             batch = prompts[start : start + eval_cfg.batch_size]
             enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             with torch.inference_mode():
-                out = model.generate(**enc, **gen, pad_token_id=tokenizer.pad_token_id)
+                out = model.generate(**enc, **gen, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
             new = out[:, enc["input_ids"].shape[1] :]
             outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
     return outputs
+
+
+def end_of_answer_tokens(model, tokenizer) -> list[int]:
+    """The tokenizer's end-of-sequence token (the one the chat template ends each trained answer with) and the
+    model's own: generation stops at either, as it does for the exported and served model (trainer.export)."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    known = configured if isinstance(configured, list) else [configured]
+    return [tokenizer.eos_token_id] + [t for t in known if t is not None and t != tokenizer.eos_token_id]
 
 
 def evaluate(
@@ -106,18 +123,46 @@ def evaluate(
         return result
     prompts = [render(tokenizer, q) for q in qs]
     predictions = generate(trainer.model, tokenizer, prompts, cfg.eval, desc=f"generate ({label})")
-    metrics = [instantiate(m) for m in cfg.eval.metrics]
-    for metric in metrics:
-        scores = [metric(p, q.reference) for p, q in zip(predictions, qs, strict=True)]
-        result[metric.name] = sum(scores) / len(scores)
+    prompt_tokens = [len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
+    answer_tokens = [len(tokenizer(p, add_special_tokens=False).input_ids) for p in predictions]
+    result.update(scores(cfg.eval.metrics, qs, predictions, prompt_tokens, prompts, answer_tokens))
     for name, scorer in (scorers or {}).items():
         result[name] = scorer(predictions)
-    result["prompt_tokens_per_query"] = sum(
-        len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts
-    ) / len(prompts)
+    return result
+
+
+def scores(
+    metric_cfgs,
+    qs: list[Query],
+    predictions: list[str],
+    prompt_tokens: list[int],
+    shown: list[str],
+    answer_tokens: list[int] | None = None,
+) -> dict:
+    """One section of metrics.json from the answers to ``qs``, wherever they were generated (in this process or
+    behind an endpoint): the mean of each configured metric, prompt (and answer) tokens per query, the count, 5
+    samples, and every example's answer and scores (``per_example``: the report's paired statistics, flips and
+    example table; the report moves them from metrics.json into examples.jsonl)."""
+    result: dict = {}
+    per_example = {
+        "prompt": [p[-PROMPT_CHARS:] for p in shown],
+        "reference": [q.reference for q in qs],
+        "prediction": predictions,
+        "prompt_tokens": prompt_tokens,
+        "answer_tokens": answer_tokens,
+        "scores": {},
+    }
+    for metric in (instantiate(m) for m in metric_cfgs):
+        values = [float(metric(p, q.reference)) for p, q in zip(predictions, qs, strict=True)]
+        per_example["scores"][metric.name] = values
+        result[metric.name] = sum(values) / len(values)
+    result["prompt_tokens_per_query"] = sum(prompt_tokens) / len(prompt_tokens)
+    if answer_tokens is not None:
+        result["answer_tokens_per_query"] = sum(answer_tokens) / len(answer_tokens)
     result["examples"] = len(qs)
+    result["per_example"] = per_example
     result["samples"] = [
-        {"prompt": prompts[i][-300:], "prediction": predictions[i], "reference": qs[i].reference}
+        {"prompt": shown[i][-300:], "prediction": predictions[i], "reference": qs[i].reference}
         for i in range(min(5, len(qs)))
     ]
     return result
@@ -125,15 +170,20 @@ def evaluate(
 
 def base_cache_file(cfg: DictConfig, model_path: str, qs: list[Query], dataset_key: str, label: str) -> Path:
     """Where the base model's results for this (model, data, eval settings) are cached across runs and sweeps."""
+    settings = OmegaConf.to_container(cfg.eval, resolve=True)
+    # other columns, prices and report-only settings: the base model's answers do not change
+    for other in ("endpoint", "compare_models", "cost"):
+        settings.pop(other, None)
     key = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "model_path": model_path,
-        "eval": OmegaConf.to_container(cfg.eval, resolve=True),
+        "eval": settings,
         "objective": OmegaConf.to_container(cfg.objective, resolve=True),  # its loss and its own metrics
         "dataset": dataset_key,
         "queries": [[q.prompt, q.reference] for q in qs],
         "label": label,
         "seed": cfg.seed,
+        "format": 2,  # 2: per-example answers and scores
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(cfg.cache_dir) / "evals" / f"{label}-{digest}.json"

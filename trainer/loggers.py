@@ -1,5 +1,5 @@
 """Training-log destinations (``logger`` group): metrics.jsonl always (unless logger=none), plus
-TensorBoard or Weights & Biases through the HF Trainer's own integrations."""
+TensorBoard or Weights & Biases through the HF Trainer's own integrations, or MLflow (trainer/mlflow_tracking.py)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,21 @@ def report_to(logger_cfg: DictConfig, run_dir: Path) -> list[str]:
 
 
 def callbacks(logger_cfg: DictConfig, run_dir: Path) -> list[TrainerCallback]:
-    return [] if logger_cfg.name == "none" else [JsonlLogger(run_dir / "metrics.jsonl")]
+    if logger_cfg.name == "none":
+        return []
+    found: list[TrainerCallback] = [JsonlLogger(run_dir / "metrics.jsonl")]
+    if logger_cfg.name == "mlflow":
+        from trainer.mlflow_tracking import MlflowLogger
+
+        found.append(MlflowLogger(logger_cfg, run_dir))
+    return found
+
+
+def finish(trainer) -> None:
+    """After the report is written (rank 0): loggers that upload it do so now."""
+    for callback in trainer.callback_handler.callbacks:
+        if hasattr(callback, "finish"):
+            callback.finish()
 
 
 def wandb_mode(logger_cfg: DictConfig) -> str:

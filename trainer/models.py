@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -161,26 +162,82 @@ def load_tokenizer(model_cfg: DictConfig, path: str):
     return tokenizer, added
 
 
-def torch_dtype(name: str, device: str):
+# ---------------------------------------------------------------- weight dtype
+
+# oneDNN runs torch's bf16 matmuls; these variables cap the instructions it may use (below AVX512_CORE_BF16 it
+# falls back to emulating bf16, ~100x slower than float32).
+_ONEDNN_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def cpu_bf16_report() -> tuple[bool, str]:
+    """Whether this CPU multiplies bf16 natively, by torch's own report, and the facts that decided it.
+
+    Native means AMX (amx_bf16) or AVX512_BF16 instructions that torch dispatches to: its kernel level
+    (``torch.backends.cpu.get_cpu_capability()``) must be AVX512 or higher and oneDNN must not be capped below
+    bf16. Anything else (AVX2-only x86, ARM) emulates bf16 and runs bf16 matrix products far slower than float32.
+    """
     import torch
 
-    if name == "auto":
-        return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    caps = torch.cpu.get_capabilities()
+    level = torch.backends.cpu.get_cpu_capability()
+    units = [name for name in ("amx_bf16", "avx512_bf16") if caps.get(name)]
+    capped = {k: os.environ[k] for k in _ONEDNN_CAPS if os.environ.get(k) and "BF16" not in os.environ[k].upper()}
+    facts = f"torch CPU capability {level}, bf16 units: {', '.join(units) or 'none (no AMX, no AVX512_BF16)'}"
+    if capped:
+        facts += ", " + ", ".join(f"{k}={v}" for k, v in capped.items())
+    return bool(units) and level.startswith("AVX512") and not capped, facts
+
+
+def resolve_dtype(name: str, device: str, full_weights: bool = False) -> tuple[str, str]:
+    """``model.dtype`` -> (float32 | bfloat16 | float16, why). An explicit value wins; ``auto`` decides by device.
+
+    - CUDA: bf16 where the GPU supports it, else fp16 (fp32 for full fine-tuning: fp16 weights cannot take
+      optimizer steps; mixed precision still computes in half precision).
+    - CPU: bf16 only with native bf16 units (:func:`cpu_bf16_report`), else float32.
+    - Full fine-tuning (``full_weights``) keeps float32 weights on the CPU too: bf16 weights would lose most small
+      AdamW updates to rounding.
+    """
+    if name != "auto":
+        return name, "set by model.dtype"
+    import torch
+
+    if device == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bfloat16", f"{torch.cuda.get_device_name()} supports bf16"
+        if full_weights:
+            return "float32", f"{torch.cuda.get_device_name()} has no bf16; full fine-tuning keeps fp32 weights"
+        return "float16", f"{torch.cuda.get_device_name()} has no bf16"
+    native, facts = cpu_bf16_report()
+    if full_weights:
+        return "float32", f"full fine-tuning keeps fp32 weights ({facts})"
+    return ("bfloat16", f"native bf16 on this CPU ({facts})") if native else ("float32", f"no native bf16 ({facts})")
+
+
+def torch_dtype(name: str):
+    import torch
+
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def load_model(
-    model_cfg: DictConfig, method_cfg: DictConfig, path: str, tokenizer, device: str, head: str = "causal_lm"
+    model_cfg: DictConfig,
+    method_cfg: DictConfig,
+    path: str,
+    tokenizer,
+    device: str,
+    dtype: str,
+    head: str = "causal_lm",
 ):
-    """The base model on ``device``, quantized when the method asks for it, embeddings grown for new tokens.
-    ``head``: causal_lm (generates) or sequence_classification (one score per sequence: a reward model)."""
+    """The base model on ``device`` in ``dtype`` (see :func:`resolve_dtype`), quantized when the method asks for it,
+    embeddings grown for new tokens. ``head``: causal_lm (generates) or sequence_classification (one score per
+    sequence: a reward model)."""
     from hydra.utils import instantiate
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     kwargs = {
         "revision": model_cfg.revision,
         "trust_remote_code": model_cfg.trust_remote_code,
-        "dtype": torch_dtype(model_cfg.dtype, device),
+        "dtype": torch_dtype(dtype),
     }
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation

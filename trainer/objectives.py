@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import UserError, choice_error
 from trainer.library_args import OBJECTIVE_CONFIGS, check_args
+from trainer.schema import is_cloud
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def check(cfg: DictConfig) -> None:
             "objective.teacher.source: hf for a hub id or folder, gguf_wheel, tiny_random). The teacher must share "
             "the model's tokenizer."
         )
-    if cfg.hardware.kind == "cloud" and cfg.hardware.provider not in obj.providers:
+    if is_cloud(cfg) and cfg.hardware.provider not in obj.providers:
         offered = [name for name, o in _provider_objectives().items() if cfg.hardware.provider in o] or ["none"]
         raise UserError(
             f"objective={obj.name} is not offered by the provider {cfg.hardware.provider} (hardware="
@@ -208,7 +209,9 @@ def extras(cfg: DictConfig, tokenizer, device: str) -> dict:
         from trainer import models
 
         path = models.resolve_path(obj.teacher, cfg.cache_dir)
-        teacher = models.load_model(obj.teacher, OmegaConf.create({"quantization": None}), path, tokenizer, device)
+        dtype, _ = models.resolve_dtype(obj.teacher.dtype, device, full_weights=True)
+        no_quantization = OmegaConf.create({"quantization": None})
+        teacher = models.load_model(obj.teacher, no_quantization, path, tokenizer, device, dtype)
         log.info("teacher %s (%s, %.1fM parameters)", obj.teacher.name_or_path, path, teacher.num_parameters() / 1e6)
         out["teacher_model"] = teacher.eval()
     return out

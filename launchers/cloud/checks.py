@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import OmegaConf
-
+from launchers.cloud import lifecycle
+from launchers.cloud import provider as provider_api
 from trainer.errors import UserError, choice_error
+from trainer.schema import is_cloud
 
-PROVIDERS = ("openai", "azure_openai")
 ON_INTERRUPT = ("detach", "cancel")
-HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier", "dpo_beta")
-PROVIDER_MODELS = "model=gpt_4o_mini, gpt_4_1_mini, gpt_4_1_nano or gpt_35_turbo"
+PROVIDER_MODELS = "model=gpt_4o_mini, gpt_4_1_mini, gpt_4o or gpt_4_1"
 SUPPORTS = (
     "The provider trains its own way: it supports objective=sft or dpo and the "
     "hyperparameters hardware.n_epochs, batch_size, learning_rate_multiplier (a number or auto), seed and "
@@ -22,7 +21,7 @@ SUPPORTS = (
 def check_cloud(cfg: Any) -> None:
     """Raise a UserError for a config that cannot run on a provider's fine-tuning API."""
     hw, model, method = cfg.hardware, cfg.model, cfg.method
-    if hw.kind != "cloud":
+    if not is_cloud(cfg):
         if model.source == "provider":
             raise UserError(
                 f"model.name_or_path={model.name_or_path} is a provider model: it only trains through "
@@ -30,8 +29,8 @@ def check_cloud(cfg: Any) -> None:
                 "hardware=azure_openai, or pick a local model."
             )
         return
-    if hw.provider not in PROVIDERS:
-        raise choice_error("hardware.provider", hw.provider, PROVIDERS)
+    if hw.provider not in provider_api.PROVIDERS:
+        raise choice_error("hardware.provider", hw.provider, provider_api.PROVIDERS)
     if hw.on_interrupt not in ON_INTERRUPT:
         raise choice_error("hardware.on_interrupt", hw.on_interrupt, ON_INTERRUPT)
     if model.source != "provider":
@@ -39,6 +38,7 @@ def check_cloud(cfg: Any) -> None:
             f"hardware={hw.name} fine-tunes a model at the provider, but model.source={model.source} "
             f"({model.name_or_path}) is a local model. Pick a provider model: {PROVIDER_MODELS}."
         )
+    lifecycle.check(cfg)
     if not model.encoding:
         raise UserError(
             f"model.encoding is not set for {model.name_or_path}: hydratune needs the tiktoken encoding "
@@ -50,23 +50,11 @@ def check_cloud(cfg: Any) -> None:
             f"your own GPU) and hardware={hw.name} trains at the provider. {SUPPORTS}. Leave method at "
             "its default (lora, ignored here) or pick a local hardware option."
         )
-    for key in HYPERPARAMETERS:
-        value = hw[key]
-        if value != "auto" and not (isinstance(value, int | float) and not isinstance(value, bool) and value > 0):
-            raise UserError(f"hardware.{key}={value} must be a positive number or auto.")
+    provider_api.get(hw).check(cfg)
     fmt = cfg.dataset.format
     if fmt == "text":
         raise UserError(
             f"dataset.format=text (raw text for continued pretraining) cannot be sent to a chat "
             f"fine-tuning API (hardware={hw.name}). Use a chat, alpaca, sharegpt, prompt_completion or "
             "template dataset."
-        )
-    if (
-        hw.provider == "azure_openai"
-        and OmegaConf.select(cfg, "hardware.deployment.create")
-        and not all(hw.deployment[k] for k in ("subscription_id", "resource_group", "resource_name"))
-    ):
-        raise UserError(
-            "hardware.deployment.create=true needs hardware.deployment.subscription_id, resource_group "
-            "and resource_name (the Azure OpenAI resource that will host the fine-tuned model)."
         )

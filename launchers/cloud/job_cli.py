@@ -14,7 +14,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from launchers.cloud import jobs
-from launchers.cloud.client import make_client, user_errors
+from launchers.cloud import provider as provider_api
+from launchers.cloud.client import user_errors
 from launchers.cloud.retrying import Retry
 from launchers.cloud.state import FILE_NAME, State
 from trainer.errors import UserError
@@ -66,16 +67,16 @@ def _job_command(cfg: Any, action: str) -> dict[str, Any] | float | None:
             from launchers.cloud.training import run
 
             return run(cfg, "train")
-    client, retry = make_client(cfg.hardware), Retry.from_hw(cfg.hardware)
+    provider, retry = provider_api.get(cfg.hardware), Retry.from_hw(cfg.hardware)
     job_id = state.job["id"]
     if action == "cancel":
-        job = jobs.cancel(client, state, retry, job_id)
+        job = jobs.cancel(provider, state, retry, job_id)
         print(f"hydratune: job {job_id}: {job.status}")
         return {"id": job_id, "status": job.status}
-    job = retry(client.fine_tuning.jobs.retrieve, job_id, what="job status")
+    job = provider.job(retry, job_id)
     state.update_job(status=job.status, fine_tuned_model=job.fine_tuned_model)
     events = jobs.EventLog(run_dir, metrics_log=cfg.logger.name != "none")
-    events.fetch(client, retry, job_id)
+    events.fetch(provider, retry, job_id)
     info = {
         "id": job.id,
         "status": job.status,

@@ -14,47 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from launchers.cloud.client import api_error, transient
+from launchers.cloud.provider import TERMINAL, Job, Provider
 from launchers.cloud.retrying import Retry
 from launchers.cloud.state import State
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
-TERMINAL = ("succeeded", "failed", "cancelled")
 EVENTS_FILE = "cloud_events.jsonl"
 METRICS_FILE = "metrics.jsonl"  # the local runs' training log (trainer/loggers.py)
-MAX_LIST_PAGES = 20
 
 
-def params(
-    hw: Any, model: str, training_file: str, validation_file: str | None, run_id: str, method: str = "supervised"
-) -> dict[str, Any]:
-    """Arguments of fine_tuning.jobs.create from the hardware config; ``method`` is the provider's name of the
-    objective (objective.providers: supervised or dpo)."""
-    hyper = {k: _number_or_auto(hw[k]) for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
-    if method == "dpo":
-        hyper["beta"] = _number_or_auto(hw.dpo_beta)
-    out: dict[str, Any] = {
-        "model": model,
-        "training_file": training_file,
-        "method": {"type": method, method: {"hyperparameters": hyper}},
-    }
-    if validation_file:
-        out["validation_file"] = validation_file
-    if hw.seed is not None:
-        out["seed"] = int(hw.seed)
-    if hw.suffix:
-        out["suffix"] = str(hw.suffix)
-    if hw.provider == "openai":
-        out["metadata"] = {"hydratune_run": run_id}
-    return out
-
-
-def settings(
-    hw: Any, model: str, train_sha256: str, validation_sha256: str | None, method: str = "supervised"
-) -> dict[str, Any]:
+def settings(provider: Provider, cfg: Any, model: str, train_sha256: str, validation_sha256: str | None) -> dict:
     """What a job is made of, known before any upload: model, method, seed, suffix and the data's hashes."""
-    args = params(hw, model, "", None, "", method)
-    kept = {k: v for k, v in args.items() if k not in ("training_file", "metadata")}
+    args = provider.job_args(cfg, model, "", None, "")
+    kept = {k: v for k, v in args.items() if k not in ("training_file", "validation_file", "metadata")}
     return json.loads(json.dumps({**kept, "train_sha256": train_sha256, "validation_sha256": validation_sha256}))
 
 
@@ -70,39 +43,20 @@ def check_settings(state: State, wanted: dict[str, Any]) -> None:
         )
 
 
-def _number_or_auto(value: Any) -> Any:
-    if value in (None, "auto"):
-        return "auto"
-    return float(value) if isinstance(value, float) or "." in str(value) else int(value)
-
-
-def find_job(client: Any, retry: Retry, training_file: str) -> Any | None:
-    after = None
-    for _ in range(MAX_LIST_PAGES):
-        page = retry(client.fine_tuning.jobs.list, what="list jobs", limit=100, **({"after": after} if after else {}))
-        for job in page.data:
-            if job.training_file == training_file:
-                return job
-        if not page.has_more or not page.data:
-            return None
-        after = page.data[-1].id
-    return None
-
-
-def ensure_job(client: Any, state: State, retry: Retry, create_args: dict[str, Any], job_settings: dict) -> str:
+def ensure_job(provider: Provider, state: State, retry: Retry, create_args: dict[str, Any], job_settings: dict) -> str:
     """This run's job id: the recorded one, the one found at the provider, or a newly created one."""
     if state.job and state.job.get("id"):
         log.info("attaching to job %s", state.job["id"])
         return state.job["id"]
     attempt = 0
     while True:
-        found = find_job(client, retry, create_args["training_file"])
+        found = provider.find_job(retry, create_args["training_file"])
         if found is not None:
-            log.info("found job %s at the provider (created before a crash); attaching", found.id)
-            job_id = found.id
+            log.info("found job %s at the provider (created before a crash); attaching", found)
+            job_id = found
             break
         try:
-            job_id = client.fine_tuning.jobs.create(**create_args).id
+            job_id = provider.create_job(create_args)
             break
         except Exception as exc:  # noqa: BLE001 - transient errors retry after checking for the job
             retry_it, retry_after = transient(exc)
@@ -128,28 +82,8 @@ class EventLog:
         self.events = [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.is_file() else []
         self.seen = {e["id"] for e in self.events}
 
-    def fetch(self, client: Any, retry: Retry, job_id: str) -> list[dict[str, Any]]:
-        new, after = [], None
-        for _ in range(MAX_LIST_PAGES):
-            kwargs = {"limit": 100, **({"after": after} if after else {})}
-            page = retry(client.fine_tuning.jobs.list_events, job_id, what="job events", **kwargs)
-            fresh = [e for e in page.data if e.id not in self.seen]
-            new += fresh
-            if len(fresh) < len(page.data) or not page.has_more or not page.data:
-                break
-            after = page.data[-1].id
-        new.reverse()  # pages come newest first
-        rows = [
-            {
-                "id": e.id,
-                "created_at": e.created_at,
-                "level": e.level,
-                "message": e.message,
-                "type": getattr(e, "type", None),
-                "data": _plain(getattr(e, "data", None)),
-            }
-            for e in new
-        ]
+    def fetch(self, provider: Provider, retry: Retry, job_id: str) -> list[dict[str, Any]]:
+        rows = provider.events(retry, job_id, self.seen)
         if self.metrics_path is not None:
             with open(self.metrics_path, "a") as f:
                 for row in rows:
@@ -195,19 +129,13 @@ def _opt(key: str, value: Any) -> dict[str, Any]:
     return {} if value is None else {key: value}
 
 
-def _plain(data: Any) -> Any:
-    if data is None or isinstance(data, dict | list | str | int | float):
-        return data
-    return data.model_dump(exclude_none=True) if hasattr(data, "model_dump") else dict(data)
-
-
-def follow(client: Any, state: State, retry: Retry, job_id: str, events: EventLog) -> Any:
+def follow(provider: Provider, state: State, retry: Retry, job_id: str, events: EventLog) -> Job:
     """Poll the job (with backoff) until it ends; log its status changes and events. Returns the final job."""
     last = None
     polls = retry.polls()
     while True:
-        job = retry(client.fine_tuning.jobs.retrieve, job_id, what="job status")
-        for e in events.fetch(client, retry, job_id):
+        job = provider.job(retry, job_id)
+        for e in events.fetch(provider, retry, job_id):
             log.info("[%s] %s", job_id, e["message"])
         if job.status != last:
             log.info("job %s: %s", job_id, job.status)
@@ -218,20 +146,7 @@ def follow(client: Any, state: State, retry: Retry, job_id: str, events: EventLo
         time.sleep(next(polls))
 
 
-def checkpoints(client: Any, retry: Retry, job_id: str) -> list[dict[str, Any]]:
-    page = retry(client.fine_tuning.jobs.checkpoints.list, job_id, what="job checkpoints", limit=100)
-    return [
-        {
-            "id": c.id,
-            "step": c.step_number,
-            "model": c.fine_tuned_model_checkpoint,
-            "metrics": _plain(getattr(c, "metrics", None)),
-        }
-        for c in page.data
-    ]
-
-
-def failure(job: Any) -> UserError:
+def failure(job: Job) -> UserError:
     err = job.error
     if job.status == "cancelled":
         return UserError(
@@ -249,7 +164,7 @@ def failure(job: Any) -> UserError:
     )
 
 
-def cancel(client: Any, state: State, retry: Retry, job_id: str) -> Any:
-    job = retry(client.fine_tuning.jobs.cancel, job_id, what="cancel job")
+def cancel(provider: Provider, state: State, retry: Retry, job_id: str) -> Job:
+    job = provider.cancel(retry, job_id)
     state.update_job(status=job.status)
     return job

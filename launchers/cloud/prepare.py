@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launchers.cloud import pricing, provider_data, tokens
+from launchers.cloud import lifecycle, pricing, provider_data, tokens
+from launchers.cloud import provider as provider_api
 from trainer import objectives
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,10 @@ class Prepared:
     validation_sha256: str | None
     estimate: pricing.Estimate
     stats: dict[str, Any] = field(default_factory=dict)
-
-
-def provider_model(cfg: Any) -> str:
-    """The model name the provider knows: Azure spells gpt-3.5 as gpt-35."""
-    name = str(cfg.model.name_or_path)
-    return name.replace("gpt-3.5", "gpt-35") if cfg.hardware.provider == "azure_openai" else name
+    #: The model's retirement dates at this provider (None when none are known).
+    lifecycle: lifecycle.Lifecycle | None = None
+    #: The canonical rows (trainer.data.Examples): evaluation builds its queries from them, as local runs do.
+    examples: Any = None
 
 
 def load_examples(dataset_cfg: Any, run_dir: Path) -> Any:
@@ -76,22 +75,29 @@ def _prepare(cfg: Any, run_dir: Path) -> Prepared:
     )
     enc = tokens.get_encoding(cfg.model.encoding)
     counts, assistant = tokens.count_examples(train, enc)
-    model = provider_model(cfg)
-    prices = {str(k): float(v) for k, v in hw.price_per_million_training_tokens.items()}
-    estimate = pricing.estimate(model, counts, cfg.model.max_context, hw.n_epochs, prices)
+    provider = provider_api.get(hw)
+    model = provider.model_name(cfg)
+    estimate = pricing.estimate(model, counts, cfg.model.max_context, provider.epochs(cfg), provider.price_table(cfg))
     stats = _stats(train, counts, assistant)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_sha = provider_data.write_jsonl(run_dir / TRAIN_FILE, train)
     val_path = run_dir / VALIDATION_FILE if validation else None
     val_sha = provider_data.write_jsonl(val_path, validation) if val_path else None
-    (run_dir / ESTIMATE_FILE).write_text(json.dumps({"estimate": estimate.as_dict(), "stats": stats}, indent=2))
+    life = lifecycle.lifecycle(cfg)
+    estimate_file = {"estimate": estimate.as_dict(), "stats": stats, "lifecycle": life.as_dict() if life else None}
+    (run_dir / ESTIMATE_FILE).write_text(json.dumps(estimate_file, indent=2))
     print(
         f"hydratune: {hw.provider} {model}: {len(train)} training / {len(validation)} validation examples; "
         f"tokens per example min {stats['tokens']['min']}, mean {stats['tokens']['mean']:.0f}, "
         f"max {stats['tokens']['max']} ({cfg.model.encoding})."
     )
     print(f"hydratune: cost estimate: {estimate.summary()}")
-    return Prepared(train, validation, run_dir / TRAIN_FILE, train_sha, val_path, val_sha, estimate, stats)
+    if life is not None and life.closing_soon:
+        print(f"hydratune: WARNING: {life.warning()}")
+        log.warning("%s", life.warning())
+    return Prepared(
+        train, validation, run_dir / TRAIN_FILE, train_sha, val_path, val_sha, estimate, stats, life, examples
+    )
 
 
 def _stats(rows: list[dict[str, Any]], counts: list[int], assistant: list[int]) -> dict[str, Any]:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from launchers.cloud import azure_deploy, evaluate, jobs, uploads
+from launchers.cloud import jobs, uploads
+from launchers.cloud import provider as provider_api
 from launchers.cloud.checks import check_cloud
-from launchers.cloud.client import make_client, user_errors
-from launchers.cloud.prepare import Prepared, prepare, provider_model
+from launchers.cloud.client import user_errors
+from launchers.cloud.prepare import Prepared, prepare
+from launchers.cloud.provider import Job, Provider
 from launchers.cloud.retrying import Retry
 from launchers.cloud.state import State
-from trainer import objectives
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -34,59 +34,59 @@ def _run(cfg: Any, command: str) -> float | None:
     prepared = prepare(cfg, run_dir)
     if command == "prepare":
         return None
-    client, retry, state = make_client(cfg.hardware), Retry.from_hw(cfg.hardware), State(run_dir)
+    provider, retry, state = provider_api.get(cfg.hardware), Retry.from_hw(cfg.hardware), State(run_dir)
     events = jobs.EventLog(run_dir, metrics_log=cfg.logger.name != "none")
     if cfg.logger.name in ("tensorboard", "wandb"):
         log.warning("logger=%s: provider runs log their metrics to metrics.jsonl and the report only", cfg.logger.name)
     if command == "eval":
         if not (state.job and state.job.get("status") == "succeeded"):
             raise UserError(f"{run_dir} has no succeeded provider job to evaluate; run `hydratune train` first.")
-        job = client.fine_tuning.jobs.retrieve(state.job["id"])
+        job = provider.job(retry, state.job["id"])
     else:
         state.save()  # the run id exists before anything is uploaded
-        job = train(cfg, client, state, retry, prepared, events)
-    return finish(cfg, client, state, retry, prepared, job, events, run_dir)
+        job = train(cfg, provider, state, retry, prepared, events)
+    return finish(cfg, provider, state, retry, prepared, job, events, run_dir)
 
 
-def train(cfg: Any, client: Any, state: State, retry: Retry, prepared: Prepared, events: jobs.EventLog) -> Any:
+def train(cfg: Any, provider: Provider, state: State, retry: Retry, prepared: Prepared, events: jobs.EventLog) -> Job:
     """Upload (once), create or find the job, follow it to the end; the succeeded job, else a UserError."""
-    hw, model, method = cfg.hardware, provider_model(cfg), objectives.provider_method(cfg)
-    wanted = jobs.settings(hw, model, prepared.train_sha256, prepared.validation_sha256, method)
+    model = provider.model_name(cfg)
+    wanted = jobs.settings(provider, cfg, model, prepared.train_sha256, prepared.validation_sha256)
     jobs.check_settings(state, wanted)
     try:
-        job_id = start_job(client, state, retry, prepared, hw, model, wanted, method)
+        job_id = start_job(cfg, provider, state, retry, prepared, model, wanted)
     except KeyboardInterrupt:
         raise UserError(
             f"Interrupted before the job was recorded. Run the same command again to resume: {cfg.output_dir} "
             "remembers what was uploaded and finds a job that was already created, so nothing is paid twice."
         ) from None
     try:
-        job = jobs.follow(client, state, retry, job_id, events)
+        job = jobs.follow(provider, state, retry, job_id, events)
     except KeyboardInterrupt:
-        raise interrupted(cfg, client, state, retry, job_id) from None
+        raise interrupted(cfg, provider, state, retry, job_id) from None
     if job.status != "succeeded":
         raise jobs.failure(job)
-    state.update_job(checkpoints=jobs.checkpoints(client, retry, job_id), trained_tokens=job.trained_tokens)
+    state.update_job(checkpoints=provider.checkpoints(retry, job_id), trained_tokens=job.trained_tokens)
     return job
 
 
 def start_job(
-    client: Any, state: State, retry: Retry, prepared: Prepared, hw: Any, model: str, wanted: dict, method: str
+    cfg: Any, provider: Provider, state: State, retry: Retry, prepared: Prepared, model: str, wanted: dict
 ) -> str:
-    train_id = uploads.upload(client, state, retry, prepared.train_path, "train", prepared.train_sha256)
+    train_id = uploads.upload(provider, state, retry, prepared.train_path, "train", prepared.train_sha256)
     val_id = None
     if prepared.validation_path is not None:
         val_id = uploads.upload(
-            client, state, retry, prepared.validation_path, "validation", prepared.validation_sha256
+            provider, state, retry, prepared.validation_path, "validation", prepared.validation_sha256
         )
-    args = jobs.params(hw, model, train_id, val_id, state.run_id, method)
-    return jobs.ensure_job(client, state, retry, args, wanted)
+    args = provider.job_args(cfg, model, train_id, val_id, state.run_id)
+    return jobs.ensure_job(provider, state, retry, args, wanted)
 
 
-def interrupted(cfg: Any, client: Any, state: State, retry: Retry, job_id: str) -> UserError:
+def interrupted(cfg: Any, provider: Provider, state: State, retry: Retry, job_id: str) -> UserError:
     where = f"hydra.run.dir={cfg.output_dir}"
     if cfg.hardware.on_interrupt == "cancel":
-        job = jobs.cancel(client, state, retry, job_id)
+        job = jobs.cancel(provider, state, retry, job_id)
         return UserError(f"Interrupted: fine-tuning job {job_id} was cancelled (status {job.status}).")
     return UserError(
         f"Interrupted: detached from fine-tuning job {job_id}, which keeps running at the provider. "
@@ -97,15 +97,16 @@ def interrupted(cfg: Any, client: Any, state: State, retry: Retry, job_id: str) 
 
 def finish(
     cfg: Any,
-    client: Any,
+    provider: Provider,
     state: State,
     retry: Retry,
     prepared: Prepared,
-    job: Any,
+    job: Job,
     events: jobs.EventLog,
     run_dir: Path,
 ) -> float | None:
     history = events.history()
+    result = provider.fetch_result(cfg, state, retry, job, run_dir)
     metrics: dict[str, Any] = {
         "cost": prepared.estimate.as_dict(),
         "job": {
@@ -116,10 +117,17 @@ def finish(
             "trained_tokens": job.trained_tokens,
             "checkpoints": (state.job or {}).get("checkpoints", []),
             "final": _final(history),
+            **result,
         },
     }
-    if cfg.eval.enabled:
-        metrics.update(evaluate_all(cfg, client, state, retry, prepared, job.fine_tuned_model, run_dir))
+    if prepared.lifecycle is not None and prepared.lifecycle.closing_soon:
+        metrics["lifecycle"] = prepared.lifecycle.as_dict()
+    if cfg.eval.enabled and result.get("weights"):  # downloaded: evaluated here, as a local run is
+        from launchers.cloud import local_eval
+
+        metrics.update(local_eval.evaluate(cfg, run_dir, run_dir / result["weights"]))
+    elif cfg.eval.enabled:
+        metrics.update(evaluate_all(cfg, provider, state, retry, prepared, job.fine_tuned_model, run_dir))
     write_report(run_dir, metrics, history, f"{cfg.run_name}: {job.model} fine-tuned at {cfg.hardware.provider}")
     state.update_job(reported=True)
     eval_loss = metrics["job"]["final"].get("eval_loss")
@@ -134,43 +142,36 @@ def _final(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate_all(
-    cfg: Any, client: Any, state: State, retry: Retry, prepared: Prepared, tuned: str, run_dir: Path
+    cfg: Any, provider: Provider, state: State, retry: Retry, prepared: Prepared, tuned: str, run_dir: Path
 ) -> dict[str, Any]:
-    """Base, few-shot base and fine-tuned columns on the same held-out examples, with the same metrics."""
-    from hydra.utils import instantiate
+    """Base, few-shot base and fine-tuned columns (and eval.compare_models) on the same held-out queries as a
+    local run, with the same metrics: trainer.endpoint_eval with this provider's client and retries."""
+    from trainer import endpoint_eval, evaluation
 
     ev, hw = cfg.eval, cfg.hardware
-    rows = prepared.validation_rows[: ev.max_examples] if ev.max_examples else prepared.validation_rows
-    pairs = [p for p in map(evaluate.prompt_and_reference, rows) if p]
-    if not pairs:
+    queries = evaluation.queries(prepared.examples.validation, ev.max_examples)
+    if not queries:
         log.warning("no held-out examples: evaluation skipped")
         return {}
-    metrics = [instantiate(m) for m in ev.metrics]
-    azure = hw.provider == "azure_openai"
-    base = hw.base_deployment if azure else provider_model(cfg)
-    common = {
-        "pairs": pairs,
-        "metrics": metrics,
-        "gen_args": evaluate.generation_args(ev.generation),
-        "concurrency": hw.eval_concurrency,
-    }
+    client, base = provider.client, provider.base_model(cfg)
+
+    def section(model: str, label: str, qs: list) -> dict[str, Any]:
+        return endpoint_eval.evaluate(
+            client, model, qs, ev, hw.eval_concurrency, retry, label, run_dir / f"predictions_{label}.jsonl"
+        )
+
     out: dict[str, Any] = {}
     if base and ev.compare_base:
-        out["base"] = evaluate.evaluate(
-            client, retry, base, predictions_path=run_dir / "predictions_base.jsonl", **common
-        )
+        out["base"] = section(base, "base", queries)
     if base and ev.few_shot:
-        demos = evaluate.demonstrations(prepared.train_rows, int(ev.few_shot))
-        out["few_shot"] = evaluate.evaluate(
-            client, retry, base, demos=demos, predictions_path=run_dir / "predictions_few_shot.jsonl", **common
-        )
-    if azure and not base:
-        log.warning("Azure: hardware.base_deployment is not set, so the base model is not evaluated.")
-    with azure_deploy.deployed(cfg, state, tuned) if azure else nullcontext(tuned) as model:
+        demos = evaluation.queries(prepared.examples.train, int(ev.few_shot))
+        out["few_shot"] = section(base, "few_shot", [evaluation.with_demonstrations(q, demos) for q in queries])
+    with provider.serving(cfg, state, tuned) as model:
         if model:
-            out["finetuned"] = evaluate.evaluate(
-                client, retry, model, predictions_path=run_dir / "predictions_finetuned.jsonl", **common
-            )
+            out["finetuned"] = section(model, "finetuned", queries)
+    compared = endpoint_eval.compare_models(ev, queries, run_dir=run_dir)
+    if compared:
+        out["compare"] = compared
     return out
 
 

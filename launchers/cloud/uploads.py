@@ -9,52 +9,37 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 from launchers.cloud.client import api_error, transient
+from launchers.cloud.provider import Provider
 from launchers.cloud.retrying import Retry
 from launchers.cloud.state import State
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
-MAX_LIST_PAGES = 50
 
 
 def provider_filename(state: State, split: str, sha256: str) -> str:
     return f"hydratune-{state.run_id}-{split}-{sha256[:16]}.jsonl"
 
 
-def find_file(client: Any, retry: Retry, filename: str) -> Any | None:
-    after = None
-    for _ in range(MAX_LIST_PAGES):
-        kwargs = {"purpose": "fine-tune", "limit": 100, **({"after": after} if after else {})}
-        page = retry(client.files.list, what="list files", **kwargs)
-        for f in page.data:
-            if f.filename == filename and f.status not in ("error", "deleted"):
-                return f
-        if not page.has_more or not page.data:
-            return None
-        after = page.data[-1].id
-    return None
-
-
-def upload(client: Any, state: State, retry: Retry, path: Path, split: str, sha256: str) -> str:
+def upload(provider: Provider, state: State, retry: Retry, path: Path, split: str, sha256: str) -> str:
     """The provider's id for this file's contents, uploading it only if no upload of it exists."""
     known = state.data["files"].get(sha256)
     if known:
         log.info("%s file already uploaded as %s", split, known["id"])
-        return wait_processed(client, retry, known["id"])
+        return wait_processed(provider, retry, known["id"])
     filename = provider_filename(state, split, sha256)
-    data = path.read_bytes()
+    size = path.stat().st_size
     attempt = 0
     while True:
-        found = find_file(client, retry, filename)
+        found = provider.find_file(retry, filename)
         if found is not None:
-            log.info("%s file found at the provider as %s (uploaded before a crash)", split, found.id)
-            file_id = found.id
+            log.info("%s file found at the provider as %s (uploaded before a crash)", split, found)
+            file_id = found
             break
         try:
-            file_id = client.files.create(file=(filename, data, "application/jsonl"), purpose="fine-tune").id
+            file_id = provider.create_file(path, filename)
             break
         except Exception as exc:  # noqa: BLE001 - transient errors retry after checking for the upload
             retry_it, retry_after = transient(exc)
@@ -64,20 +49,17 @@ def upload(client: Any, state: State, retry: Retry, path: Path, split: str, sha2
                 raise
             retry.wait(attempt, retry_after)
             attempt += 1
-    state.record_file(sha256, {"id": file_id, "split": split, "filename": filename, "bytes": len(data)})
-    log.info("uploaded %s (%d bytes) as %s", path.name, len(data), file_id)
-    return wait_processed(client, retry, file_id)
+    state.record_file(sha256, {"id": file_id, "split": split, "filename": filename, "bytes": size})
+    log.info("uploaded %s (%d bytes) as %s", path.name, size, file_id)
+    return wait_processed(provider, retry, file_id)
 
 
-def wait_processed(client: Any, retry: Retry, file_id: str) -> str:
+def wait_processed(provider: Provider, retry: Retry, file_id: str) -> str:
     for interval in retry.polls():
-        f = retry(client.files.retrieve, file_id, what="file status")
+        f = provider.file_status(retry, file_id)
         if f.status == "processed":
             return file_id
-        if f.status in ("error", "failed", "deleted"):
-            raise UserError(
-                f"The provider could not process file {file_id} ({f.status}): "
-                f"{getattr(f, 'status_details', None) or 'no details given'}."
-            )
+        if f.status == "error":
+            raise UserError(f"The provider could not process file {file_id}: {f.details or 'no details given'}.")
         time.sleep(interval)
     raise AssertionError("unreachable")
