@@ -32,6 +32,8 @@ def required_overrides(group: str, option: str) -> list[str]:
         extra.append("model.name_or_path=some-org/some-model")
     if group == "dataset" and "path" not in own:
         extra.append("dataset.path=data.jsonl")
+    if group == "objective" and "teacher" in own:
+        extra.append("objective.teacher.name_or_path=some-org/some-teacher")
     return extra
 
 
