@@ -58,10 +58,10 @@ def build_trainer(cfg, run_dir: Path, device: str, model, tokenizer, prepared, p
 
 
 def last_checkpoint(run_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint; torn ones (a kill while writing) are set aside with a warning."""
+    from trainer.checkpoints import last_complete
 
-    folder = run_dir / "checkpoints"
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    return last_complete(run_dir / "checkpoints")
 
 
 def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:

@@ -167,7 +167,7 @@ def trainer_class(obj: DictConfig) -> type:
 def training_args(cfg: DictConfig, run_dir: Path, device: str, report_to: list[str]):
     """The objective's TRL config (objective.config) from ``train`` and ``objective.args``, plus what the run
     decides: output dir, seed, device, loggers."""
-    from trainer import models
+    from trainer import models, secrets
 
     args = OmegaConf.to_container(cfg.train, resolve=True) | OmegaConf.to_container(cfg.objective.args, resolve=True)
     args.update(
@@ -180,6 +180,7 @@ def training_args(cfg: DictConfig, run_dir: Path, device: str, report_to: list[s
     )
     if cfg.objective.data == "supervised":
         args["dataset_kwargs"] = {"skip_prepare_dataset": True}  # trainer.data already tokenized, truncated, packed
+    secrets.token_to_env(args)  # hub_token: into HF_TOKEN, never into training_args.bin
     if args.get("bf16") is None:
         args["bf16"] = device == "cuda" and models.torch_dtype("auto", device) == models.torch_dtype("bfloat16", device)
     if device != "cuda" and args.get("tf32"):

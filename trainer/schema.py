@@ -505,6 +505,16 @@ class ExportSchema:
     private: bool = True
 
 
+# ---------------------------------------------------------------- resume
+
+
+@dataclass
+class ResumeSchema:
+    #: Resume an unfinished run even when its config differs from the one it started with (learning rate, seed,
+    #: data...); by default the run stops and lists the differences (trainer/rundir.py).
+    allow_changes: bool = False
+
+
 # ---------------------------------------------------------------- root
 
 
@@ -533,6 +543,8 @@ class RootSchema:
     optimize: OptimizeSchema = field(default_factory=OptimizeSchema)
     #: The training objective (conf/objective/: sft, dpo, kto, orpo, grpo, reward, distill).
     objective: ObjectiveSchema = MISSING
+    #: How an unfinished run in the same directory is resumed.
+    resume: ResumeSchema = field(default_factory=ResumeSchema)
     #: `hydratune serve`: the serving engine and its settings (serve=transformers or serve=vllm).
     serve: ServeSchema = MISSING
     #: `hydratune export`: merged weights, GGUF, Hub.
