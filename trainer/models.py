@@ -15,10 +15,12 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from trainer.errors import UserError
+from trainer.plain import build, plain_dict
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +242,6 @@ def load_model(
     """The base model on ``device`` in ``dtype`` (see :func:`resolve_dtype`), quantized when the method asks for it,
     embeddings grown for new tokens. ``head``: causal_lm (generates) or sequence_classification (one score per
     sequence: a reward model)."""
-    from hydra.utils import instantiate
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     kwargs = {
@@ -251,12 +252,12 @@ def load_model(
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     if method_cfg.quantization is not None:
-        kwargs["quantization_config"] = instantiate(method_cfg.quantization)
+        kwargs["quantization_config"] = build(method_cfg.quantization)
         kwargs["device_map"] = {"": 0}
     if head == "sequence_classification":
         kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
     auto = AutoModelForSequenceClassification if head == "sequence_classification" else AutoModelForCausalLM
-    model = auto.from_pretrained(path, **kwargs)
+    model: Any = auto.from_pretrained(path, **kwargs)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     if getattr(model, "generation_config", None) is not None:  # a reward model (sequence classification) has none
@@ -268,11 +269,9 @@ def load_model(
 
 def peft_config(method_cfg: DictConfig, added_tokens: int):
     """peft.LoraConfig from ``method.peft``; trains the embeddings too when the tokenizer got new tokens."""
-    from hydra.utils import instantiate
-
     if method_cfg.peft is None:
         return None
-    args = OmegaConf.to_container(method_cfg.peft, resolve=True)
+    args = plain_dict(method_cfg.peft)
     if added_tokens and not args.get("modules_to_save"):
         args["modules_to_save"] = ["embed_tokens", "lm_head"]
-    return instantiate(args)
+    return build(args)

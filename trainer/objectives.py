@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import UserError, choice_error
 from trainer.library_args import OBJECTIVE_CONFIGS, check_args
+from trainer.plain import plain_dict
 from trainer.schema import is_cloud
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,8 @@ def check(cfg: DictConfig) -> None:
                 f"(or your own file with dataset.format={shape.formats[0]}); or pick an objective for this data"
                 f"{' (objective=sft)' if fmt in SHAPES['supervised'].formats else ''}."
             )
-    check_args("train", OmegaConf.to_container(cfg.train, resolve=True), obj.config)
-    check_args("objective.args", OmegaConf.to_container(obj.args, resolve=True), obj.config)
+    check_args("train", plain_dict(cfg.train), obj.config)
+    check_args("objective.args", plain_dict(obj.args), obj.config)
     if "reward_funcs" in obj:
         _check_rewards(obj)
     if "teacher" in obj and OmegaConf.is_missing(obj.teacher, "name_or_path"):
@@ -169,7 +170,7 @@ def training_args(cfg: DictConfig, run_dir: Path, device: str, report_to: list[s
     decides: output dir, seed, device, loggers."""
     from trainer import models, secrets
 
-    args = OmegaConf.to_container(cfg.train, resolve=True) | OmegaConf.to_container(cfg.objective.args, resolve=True)
+    args = plain_dict(cfg.train) | plain_dict(cfg.objective.args)
     args.update(
         output_dir=str(run_dir / "checkpoints"),
         seed=cfg.seed,

@@ -15,7 +15,9 @@ import os
 import shutil
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from trainer.plain import plain_dict
 
 #: Bump when the tokenized layout changes, so old entries are not reused.
 VERSION = 1
@@ -54,7 +56,7 @@ def _hash_tokenizer(h, tokenizer) -> None:
 def cache_key(dataset_cfg: DictConfig, tokenizer, settings: dict) -> str:
     import tokenizers
 
-    cfg = OmegaConf.to_container(dataset_cfg, resolve=True)
+    cfg = plain_dict(dataset_cfg)
     h = hashlib.sha256(f"hydratune-data-v{VERSION}\0tokenizers-{tokenizers.__version__}\0".encode())
     for source in [cfg, *cfg.get("mix", [])]:
         _hash_path(h, source["path"], source.get("split"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -59,11 +60,11 @@ class Encoder:
         self.all_tokens = train_on_all_tokens
         self.backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
         self.eos = tokenizer.eos_token_id
-        self._template = None
+        self._template: tuple[Any, dict] | None = None
         self._prefix_stable = True
         self._cuts: dict[str, list[int]] = {}
         self._fast = True
-        self._skeletons: dict[tuple, object] = {}
+        self._skeletons: dict[tuple, tuple[list[str], list] | bool] = {}
         self._rendered = 0
 
     # ------------------------------------------------------------ chat template
@@ -124,7 +125,7 @@ class Encoder:
         skeleton = self._skeletons.get(key)
         if skeleton is None:
             skeleton = self._skeletons[key] = self._skeleton(key) or False
-        if skeleton is False:
+        if not isinstance(skeleton, tuple):
             return self._slow_spans(messages)
         pieces, bounds = skeleton
         parts = [pieces[0]]
