@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ASSETS, REPO, compose, hydratune
+from tests.helpers import ASSETS, REPO, compose, hydratune
 from trainer.config_checks import check_config
 from trainer.errors import UserError
 

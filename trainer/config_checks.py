@@ -106,6 +106,8 @@ def check_config(cfg: DictConfig) -> None:
     launcher_rules = getattr(importlib.import_module(kind.runner), "check", None)
     if launcher_rules is not None:
         launcher_rules(cfg)
+    if issubclass(kind, CloudHardwareSchema):
+        objectives.check_provider(cfg)  # after the provider's own checks: its name is a known one
 
 
 def _check_combinations(cfg: DictConfig) -> None:

@@ -29,7 +29,6 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.errors import UserError, choice_error
 from trainer.library_args import OBJECTIVE_CONFIGS, check_args
 from trainer.plain import plain_dict
-from trainer.schema import is_cloud
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +106,12 @@ def check(cfg: DictConfig) -> None:
             "objective.teacher.source: hf for a hub id or folder, gguf_wheel, tiny_random). The teacher must share "
             "the model's tokenizer."
         )
-    if is_cloud(cfg) and cfg.hardware.provider not in obj.providers:
+
+
+def check_provider(cfg: DictConfig) -> None:
+    """Cloud hardware (a known provider): the provider must offer the objective."""
+    obj = cfg.objective
+    if cfg.hardware.provider not in obj.providers:
         offered = [name for name, o in _provider_objectives().items() if cfg.hardware.provider in o] or ["none"]
         raise UserError(
             f"objective={obj.name} is not offered by the provider {cfg.hardware.provider} (hardware="
