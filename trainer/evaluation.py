@@ -192,14 +192,16 @@ def base_cache_file(cfg: DictConfig, model_path: str, qs: list[Query], dataset_k
 
 
 def cached(path: Path, compute, enabled: bool) -> dict:
-    """Load ``path`` when it exists (and caching is enabled), else compute and store it atomically."""
+    """Load ``path`` when it exists (and caching is enabled) and passes its hash check, else compute and store it
+    atomically with its hash (trainer.data.cache.save_json)."""
+    from trainer.data import cache
+
     if enabled and path.exists():
-        log.info("base evaluation cache hit: %s", path.name)
-        return json.loads(path.read_text())
+        result = cache.load_json(path, "base evaluation")
+        if result is not None:
+            log.info("base evaluation cache hit: %s", path.name)
+            return result
     result = compute()
     if enabled:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".partial")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(path)
+        cache.save_json(path, result)
     return result

@@ -66,7 +66,10 @@ def read_records(path: str, split: str | None = None) -> Iterator[Record]:
 
 
 def file_bytes(path: Path) -> bytes:
-    data = path.read_bytes()
+    from trainer.atomic import reading
+
+    with reading(path):
+        data = path.read_bytes()
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise UserError(f"{path}:1: the file is UTF-16 encoded. Save it as UTF-8 (most editors: 'Save with encoding').")
     return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
