@@ -28,7 +28,7 @@ STATUS = "status.json"
 LOCK = "run.lock"
 #: Config keys that may differ when a run resumes: where things go and how they are logged and evaluated.
 RESUME_FREE = (
-    "output_dir", "overwrite", "cache_dir", "resume", "run_name", "hardware", "logger", "eval", "objective", "serve",
+    "output_dir", "overwrite", "cache_dir", "resume", "run_name", "hardware", "logger", "eval", "optimize", "serve",
     "export",
 )  # fmt: skip
 

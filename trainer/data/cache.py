@@ -19,10 +19,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from trainer.plain import plain_dict
-
 from trainer import atomic
 from trainer.atomic import clean_partials
+from trainer.plain import plain_dict
 
 log = logging.getLogger(__name__)
 
