@@ -14,7 +14,19 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from trainer import cost, data, endpoint_eval, evaluation, judge, loggers, models, objectives, regression, report
+from trainer import (
+    cost,
+    data,
+    endpoint_eval,
+    estimate,
+    evaluation,
+    judge,
+    loggers,
+    models,
+    objectives,
+    regression,
+    report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +95,11 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
 
     held_out = objectives.held_out(cfg, prepared.examples, cfg.eval.max_examples)
     queries = held_out.queries
+    dtype, target = results["hardware"]["model_dtype"], run_dir if main else None
+    forecast = None  # the pre-flight estimate models supervised fine-tuning's workload (tokenized sequences)
+    if cfg.objective.data == "supervised":
+        args = (cfg, device, dtype, trainer.model, trainer.args, tokenizer, prepared, model_path, target)
+        forecast = estimate.for_run(*args)
     if cfg.eval.enabled and cfg.eval.compare_base:
         with before_training(trainer):
             results.update(base_sections(cfg, trainer, tokenizer, held_out, model_path, prepared, main))
@@ -113,6 +130,8 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     if cfg.eval.enabled and endpoint_eval.configured(cfg.eval):
         results["compare"] = endpoint_eval.compare_models(cfg.eval, queries, run_dir=run_dir)
     results["data"] = {"cache_key": prepared.cache_key, "cache_hit": prepared.cache_hit, **prepared.stats}
+    if forecast is not None:
+        results["estimate"] = estimate.measured(forecast, trainer.state.log_history)
     if cfg.eval.enabled and judge.configured(cfg.eval.judge):
         results["judge"] = judge.run(cfg.eval.judge, results, cfg.cache_dir)
     if cfg.eval.enabled:

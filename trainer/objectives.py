@@ -162,6 +162,10 @@ def _import(dotted: str):
 
 
 def trainer_class(obj: DictConfig) -> type:
+    if obj.data == "supervised":  # SFTTrainer's fused LM head: on the CPU too, score the labelled positions only
+        from trainer import lm_head
+
+        lm_head.score_labelled_positions_only()
     if obj.experimental:
         log.warning(
             "objective=%s uses %s from trl.experimental: its API may change between TRL releases", obj.name, obj.trainer
