@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ASSETS, REPO, compose, hydratune
+from trainer.checkpoints import problems_of
 from trainer.config_checks import check_config
 from trainer.errors import UserError
 
@@ -202,7 +203,8 @@ def kill_after_first_checkpoint(objective: str, run_dir: Path, cache: Path) -> N
     cmd = [sys.executable, "-m", "trainer.cli", *args(objective), f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (run_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists():
+    first = run_dir / "checkpoints" / "checkpoint-2"
+    while not (first / "trainer_state.json").exists() or problems_of(first):  # complete, so the resume uses it
         assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
