@@ -146,17 +146,18 @@ def scores(
     samples, and every example's answer and scores (``per_example``: the report's paired statistics, flips and
     example table; the report moves them from metrics.json into examples.jsonl)."""
     result: dict = {}
+    per_scores: dict[str, list[float]] = {}
     per_example = {
         "prompt": [p[-PROMPT_CHARS:] for p in shown],
         "reference": [q.reference for q in qs],
         "prediction": predictions,
         "prompt_tokens": prompt_tokens,
         "answer_tokens": answer_tokens,
-        "scores": {},
+        "scores": per_scores,
     }
     for metric in (build(m) for m in metric_cfgs):
         values = [float(metric(p, q.reference)) for p, q in zip(predictions, qs, strict=True)]
-        per_example["scores"][metric.name] = values
+        per_scores[metric.name] = values
         result[metric.name] = sum(values) / len(values)
     result["prompt_tokens_per_query"] = sum(prompt_tokens) / len(prompt_tokens)
     if answer_tokens is not None:
