@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from trainer import cost, data, endpoint_eval, evaluation, judge, loggers, models, regression, report, secrets
+from trainer.config_checks import check_generation_length
 from trainer.errors import UserError
 from trainer.plain import plain_dict
 
@@ -37,6 +38,7 @@ def load_model_and_tokenizer(cfg: DictConfig, device: str, dtype: str):
     path = models.resolve_path(cfg.model, cfg.cache_dir)
     tokenizer, added_tokens = models.load_tokenizer(cfg.model, path)
     model = models.load_model(cfg.model, cfg.method, path, tokenizer, device, dtype)
+    check_generation_length(cfg.eval, model.config)  # before any training: eval.generation.max_new_tokens fits
     log.info(
         "model %s (%s, %.1fM parameters) on %s", cfg.model.name_or_path, path, model.num_parameters() / 1e6, device
     )
