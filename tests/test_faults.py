@@ -576,3 +576,11 @@ def test_a_wandb_refusal_is_one_paragraph():
     err = explain_wandb_error(wandb.errors.AuthenticationError("API key must be 40 characters long"))
     assert isinstance(err, UserError) and "WANDB_API_KEY" in str(err) and "logger.mode=offline" in str(err)
     assert explain_wandb_error(ValueError("x")) is None
+
+
+def test_max_new_tokens_beyond_the_context_is_one_paragraph(tmp_path, cache_dir):
+    result = hydratune(
+        "eval", *TINY, "eval.generation.max_new_tokens=100000", f"hydra.run.dir={tmp_path}", cache=cache_dir
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "eval.generation.max_new_tokens=100000 does not fit in the model's context of 512 tokens" in result.stderr

@@ -236,3 +236,16 @@ def _check_cloud(cfg: DictConfig) -> None:
             f"fine-tuning API (hardware={hw.name}). Use a chat, alpaca, sharegpt, prompt_completion or "
             "template dataset."
         )
+
+
+def check_generation_length(eval_cfg: DictConfig, model_config) -> None:
+    """eval.generation.max_new_tokens must fit in the model's context (checked once the model's config is known)."""
+    context = getattr(model_config, "max_position_embeddings", None)
+    wanted = eval_cfg.generation.max_new_tokens
+    if eval_cfg.enabled and isinstance(context, int) and wanted >= context:
+        raise UserError(
+            f"eval.generation.max_new_tokens={wanted} does not fit in the model's context of {context} tokens "
+            "(max_position_embeddings in its config), which also holds the prompt. Set "
+            f"eval.generation.max_new_tokens to well under {context} (the answers of the held-out split are usually "
+            "far shorter), or eval=none."
+        )

@@ -27,6 +27,7 @@ from trainer import (
     regression,
     report,
 )
+from trainer.config_checks import check_generation_length
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ def load_model_and_tokenizer(cfg: DictConfig, device: str, dtype: str):
     path = models.resolve_path(cfg.model, cfg.cache_dir)
     tokenizer, added_tokens = models.load_tokenizer(cfg.model, path)
     model = models.load_model(cfg.model, cfg.method, path, tokenizer, device, dtype, cfg.objective.head)
+    check_generation_length(cfg.eval, model.config)  # before any training: eval.generation.max_new_tokens fits
     log.info(
         "model %s (%s, %.1fM parameters) on %s", cfg.model.name_or_path, path, model.num_parameters() / 1e6, device
     )
