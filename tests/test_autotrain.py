@@ -159,10 +159,10 @@ def test_an_unmappable_key_is_one_paragraph_naming_it(tmp_path, cache_dir):
 
 
 @pytest.mark.parametrize("asset", ["dpo", "orpo"])
-def test_preference_tasks_say_there_is_no_local_preference_objective(asset):
-    with pytest.raises(UserError, match="no local preference objective") as err:
+def test_preference_tasks_name_the_objective_to_write_by_hand(asset):
+    with pytest.raises(UserError, match="translates supervised configs only") as err:
         autotrain.convert(yaml.safe_load((AUTOTRAIN / f"{asset}.yml").read_text()), f"{asset}.yml")
-    assert "hardware=openai hardware.objective=dpo" in str(err.value)
+    assert "objective=dpo dataset=preference" in str(err.value)
 
 
 BASE = {"task": "llm-sft", "base_model": "gpt2", "data": {"path": "org/data"}}

@@ -120,16 +120,17 @@ def _task(spec: dict, params: dict, source: str) -> str:
         what = f"task=llm with params.trainer={trainer}"
     if trainer in ("dpo", "orpo"):
         raise UserError(
-            f"{source}: {what} trains on preference pairs, and hydratune has no local preference objective: it "
-            "fine-tunes local models with supervised fine-tuning only. Preference tuning (DPO) runs only at a "
-            "provider: hardware=openai hardware.objective=dpo with dataset=preference and a provider model. "
+            f"{source}: {what} trains on preference pairs. hydratune trains them (objective=dpo or objective=orpo "
+            "with dataset=preference: prompt, chosen and rejected columns), but this converter translates "
+            "supervised configs only. Write the experiment by hand: objective=dpo dataset=preference "
+            "dataset.path=<your data> and the trainer arguments under objective.args with TRL's names. "
             "Use task: llm-sft to convert a supervised config."
         )
     if trainer not in TRAINERS:
         raise UserError(
             f"{source}: {what} cannot be converted. hydratune fine-tunes language models with supervised "
-            "fine-tuning: task llm-sft and llm-generic convert; llm-dpo and llm-orpo (no local preference "
-            "objective), llm-reward and the non-LLM tasks do not."
+            "fine-tuning: task llm-sft and llm-generic convert; llm-dpo and llm-orpo (write objective=dpo or orpo "
+            "by hand), llm-reward and the non-LLM tasks do not."
         )
     task = f"llm-{trainer}" if task == "llm" else task
     for key in ("base_model", "data"):
