@@ -10,7 +10,11 @@ from trainer.errors import UserError, choice_error
 
 OBJECTIVES = ("supervised", "dpo")
 ON_INTERRUPT = ("detach", "cancel")
-PROVIDER_MODELS = "model=gpt_4o_mini, gpt_4_1_mini, gpt_4o or gpt_4_1"
+PROVIDER_MODELS = {
+    "openai": "model=gpt_4o_mini, gpt_4_1_mini, gpt_4o or gpt_4_1",
+    "azure_openai": "model=gpt_4o_mini, gpt_4_1_mini, gpt_4o or gpt_4_1",
+    "together": "model=together_llama3_1_8b_instruct, together_llama3_2_3b_instruct or together_qwen2_5_7b_instruct",
+}
 SUPPORTS = (
     "The provider trains its own way: it supports hardware.objective=supervised or dpo and the "
     "hyperparameters hardware.n_epochs, batch_size, learning_rate_multiplier (a number or auto), seed and "
@@ -25,8 +29,8 @@ def check_cloud(cfg: Any) -> None:
         if model.source == "provider":
             raise UserError(
                 f"model.name_or_path={model.name_or_path} is a provider model: it only trains through "
-                f"its provider's API, but hardware={hw.name} trains locally. Use hardware=openai or "
-                "hardware=azure_openai, or pick a local model."
+                f"its provider's API, but hardware={hw.name} trains locally. Use hardware=openai, "
+                "hardware=azure_openai or hardware=together, or pick a local model."
             )
         return
     if hw.provider not in provider_api.PROVIDERS:
@@ -38,7 +42,7 @@ def check_cloud(cfg: Any) -> None:
     if model.source != "provider":
         raise UserError(
             f"hardware={hw.name} fine-tunes a model at the provider, but model.source={model.source} "
-            f"({model.name_or_path}) is a local model. Pick a provider model: {PROVIDER_MODELS}."
+            f"({model.name_or_path}) is a local model. Pick a provider model: {PROVIDER_MODELS[hw.provider]}."
         )
     lifecycle.check(cfg)
     if not model.encoding:

@@ -93,6 +93,8 @@ def describe(exc: BaseException) -> str:
         body = exc.body if isinstance(exc.body, dict) else {}
         message = (body.get("error") or body).get("message") if isinstance(body.get("error") or body, dict) else None
         return f"HTTP {exc.status_code} {message or exc.message}"
+    if isinstance(exc, ValueError | TypeError):  # the SDK's own checks of the arguments, before any request
+        return f"{type(exc).__name__}: {exc}"
     return type(exc).__name__
 
 

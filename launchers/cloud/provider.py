@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from trainer.errors import UserError
 
 #: hardware.provider -> module launchers.cloud.providers.<name>, whose ``make(hw)`` returns the Provider.
-PROVIDERS = ("openai", "azure_openai")
+PROVIDERS = ("openai", "azure_openai", "together")
 #: Normalized job states: every provider maps its own onto these.
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -75,6 +75,9 @@ class Provider(Protocol):
 
     def epochs(self, cfg: Any) -> Any:
         """The configured epochs (a number, or "auto" for the provider's default rule)."""
+
+    def wants_validation(self, cfg: Any) -> bool:
+        """Whether the validation split is uploaded with the training file."""
 
     # files
     def find_file(self, retry: Any, filename: str) -> str | None: ...

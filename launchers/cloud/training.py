@@ -75,7 +75,7 @@ def start_job(
 ) -> str:
     train_id = uploads.upload(provider, state, retry, prepared.train_path, "train", prepared.train_sha256)
     val_id = None
-    if prepared.validation_path is not None:
+    if prepared.validation_path is not None and provider.wants_validation(cfg):
         val_id = uploads.upload(
             provider, state, retry, prepared.validation_path, "validation", prepared.validation_sha256
         )

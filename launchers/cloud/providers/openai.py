@@ -64,6 +64,9 @@ class OpenAI:
     def epochs(self, cfg: Any) -> Any:
         return cfg.hardware.n_epochs
 
+    def wants_validation(self, cfg: Any) -> bool:
+        return True  # validation losses in the job's events
+
     # ------------------------------------------------------------ files
 
     def find_file(self, retry: Any, filename: str) -> str | None:
