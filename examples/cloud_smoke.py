@@ -16,8 +16,8 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import compose
 from tests.fake_provider import FakeProvider
+from tests.helpers import compose
 
 KEY = "sk-fake-smoke-0000"
 TOKEN = "fake-management-token"

@@ -1,13 +1,18 @@
 """Launchers run a resolved config on a hardware strategy. Each takes (cfg, command) and leaves its results in
 the run dir; the CLI reads the configured objective from metrics.json afterwards (trainer.rundir.finished).
-They share code through functions, not classes."""
+They share code through functions, not classes. The hardware option's schema type names its launcher module
+(``HardwareSchema.runner``): a new strategy is a new schema subclass and a new module, never a branch here."""
 
 from __future__ import annotations
 
+import importlib
+
 from omegaconf import DictConfig
 
+from trainer.schema import hardware_schema
 
-def launch(cfg: DictConfig, command: str) -> float | None:
+
+def launch(cfg: DictConfig, command: str) -> None:
     from trainer.config_checks import check_config
 
     check_config(cfg)
@@ -15,17 +20,4 @@ def launch(cfg: DictConfig, command: str) -> float | None:
         from trainer.mlflow_tracking import resolve
 
         resolve(cfg)
-    kind = cfg.hardware.kind
-    if kind == "local":
-        from launchers import local
-
-        return local.run(cfg, command)
-    if kind == "distributed":
-        from launchers import distributed
-
-        return distributed.run(cfg, command)
-    if kind == "cloud":
-        from launchers import cloud
-
-        return cloud.run(cfg, command)
-    raise NotImplementedError(f"hardware kind '{kind}' has no launcher yet")
+    importlib.import_module(hardware_schema(cfg).runner).run(cfg, command)

@@ -22,9 +22,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from launchers import deepspeed_config, slurm
+from launchers import deepspeed_config, fsdp, slurm
 from trainer import rundir
 from trainer.errors import UserError, choice_error
+from trainer.threads import threads_per_process
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,14 @@ def run(cfg: DictConfig, command: str) -> float | None:
     check(cfg)
     run_dir = Path(cfg.output_dir).resolve()
     device, nproc, node = resolve_device(hw), num_processes(hw), node_rank(hw)
-    threads = hw.threads or max(1, (os.cpu_count() or 1) // nproc)
+    threads, _ = threads_per_process(hw.threads, nproc)
     ds = deepspeed_config.build(hw)
+    sharding = fsdp.build(hw, fsdp.layer_classes(cfg.model, cfg.cache_dir)) if hw.fsdp is not None else None
     with open_dict(cfg):  # what the workers' TrainingArguments need to know, in the config they load
         if ds is not None:
             cfg.train.deepspeed = str(run_dir / "deepspeed.json")
+        if sharding is not None:
+            cfg.train.update(sharding)
         if "ddp_timeout" not in cfg.train:
             cfg.train.ddp_timeout = hw.timeout_s
     env = worker_env(cfg, threads)
@@ -53,8 +57,10 @@ def run(cfg: DictConfig, command: str) -> float | None:
         return submit_slurm(cfg, run_dir, ds, nproc, threads, device)
     cmd = launcher_command(hw, run_dir, nproc, node, device)
     if hw.dry_run:
-        print_dry_run(cmd, env, ds)
+        print_dry_run(cmd, env, ds, sharding)
         return None
+    if sharding is not None:
+        fsdp.check_device(device)
 
     log.info(
         "hardware=%s: %d node(s) x %d %s process(es), %d threads each", hw.name, hw.num_nodes, nproc, device, threads
@@ -94,6 +100,8 @@ def check(cfg: DictConfig) -> None:
             "Train with merge_adapter=false, then merge the saved adapter in one process: "
             "peft.AutoPeftModelForCausalLM.from_pretrained('<run dir>/model').merge_and_unload().save_pretrained(...)."
         )
+    if hw.fsdp is not None:
+        fsdp.check(cfg)
     if cfg.method.quantization is not None and hw.zero_stage == 3:
         raise UserError(
             f"method={cfg.method.name} (4-bit base weights) does not combine with ZeRO-3 parameter sharding here. "
@@ -175,12 +183,15 @@ def worker_env(cfg: DictConfig, threads: int) -> dict[str, str]:
     }
 
 
-def print_dry_run(cmd: list[str], env: dict[str, str], ds: dict | None) -> None:
+def print_dry_run(cmd: list[str], env: dict[str, str], ds: dict | None, sharding: dict | None = None) -> None:
     print("hydratune: dry run, nothing started. Launcher command:")
     print("  " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + shlex.join(cmd))
     if ds is not None:
         print('DeepSpeed config (deepspeed.json; the Trainer fills the "auto" values from train.*):')
         print(json.dumps(ds, indent=2))
+    if sharding is not None:
+        print("FSDP2 settings (the workers' train.fsdp and train.fsdp_config, as in config.yaml):")
+        print(json.dumps(sharding, indent=2))
     sys.stdout.flush()
 
 

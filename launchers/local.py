@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from trainer import rundir
 from trainer.errors import UserError
+from trainer.threads import threads_per_process
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,14 @@ def pick_device(hardware: DictConfig, needs_cuda: bool) -> str:
 
 
 def set_threads(hardware: DictConfig, processes: int = 1) -> int:
-    """Use every core unless told otherwise (accelerate and others default to one thread: ~1.8x slower)."""
+    """Every core this process may use, shared among ``processes`` (trainer.threads), unless hardware.threads says
+    otherwise (accelerate and others default to one thread: ~1.8x slower)."""
     import torch
 
-    threads = hardware.threads or max(1, (os.cpu_count() or 1) // processes)
+    threads, source = threads_per_process(hardware.threads, processes)
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    log.info("%d torch threads (from %s)", threads, source)
     return threads
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from tests.conftest import ASSETS, REPO, compose, hydratune
+from tests.helpers import ASSETS, REPO, compose, hydratune
 from trainer import autotrain
 from trainer.config_checks import check_config
 from trainer.errors import UserError

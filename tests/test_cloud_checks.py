@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from launchers.cloud.checks import check_cloud
-from tests.conftest import compose
+from tests.helpers import compose
 from trainer.errors import UserError
+from trainer.schema import hardware_schema
 
 MODELS = ["gpt_4o_mini", "gpt_4_1_mini", "gpt_4o", "gpt_4_1", "gpt_4_1_nano", "gpt_35_turbo"]
 RETIRED_AT_OPENAI = {"gpt_4_1_nano", "gpt_35_turbo"}
@@ -18,7 +19,7 @@ def test_every_cloud_option_composes_and_passes_the_checks(hardware, model):
     from trainer.config_checks import check_config
 
     cfg = compose(f"hardware={hardware}", f"model={model}")
-    assert cfg.hardware.kind == "cloud" and cfg.model.source == "provider" and cfg.model.encoding
+    assert hardware_schema(cfg).runner == "launchers.cloud" and cfg.model.source == "provider" and cfg.model.encoding
     check_config(cfg)
     if hardware == "openai" and model in RETIRED_AT_OPENAI:
         with pytest.raises(UserError, match="is retired at openai: new fine-tuning jobs closed on 2026-10-23"):
@@ -65,7 +66,7 @@ def test_azure_deployment_needs_its_resource():
 
 
 def test_retired_model_stops_the_command_before_anything_runs(tmp_path):
-    from tests.conftest import hydratune
+    from tests.helpers import hydratune
 
     run_dir = tmp_path / "run"
     done = hydratune("hardware=openai", "model=gpt_35_turbo", f"hydra.run.dir={run_dir}", cache=tmp_path / "cache")

@@ -147,7 +147,7 @@ FORMATS = {
 def test_every_dataset_format_prepares_for_the_provider(name, tmp_path, capsys, monkeypatch):
     from launchers import cloud
     from launchers.cloud.prepare import TRAIN_FILE
-    from tests.conftest import compose
+    from tests.helpers import compose
 
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
     cfg = compose("hardware=openai", "model=gpt_4o_mini", *FORMATS[name])

@@ -11,8 +11,8 @@ import pytest
 from launchers import cloud
 from launchers.cloud import client as cloud_client
 from launchers.cloud import jobs
-from tests.conftest import compose
 from tests.fake_provider import ALL_ROUTES, FakeProvider, files_containing, write_chat_dataset
+from tests.helpers import compose
 from trainer.errors import UserError
 
 API_KEY = "sk-test-KEY-0123456789abcdef"

@@ -4,15 +4,18 @@ give one-paragraph errors with the key, the value and what is allowed."""
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tests.conftest import REPO, compose, hydratune
-from trainer.config_checks import check_config
+from tests.helpers import REPO, compose, hydratune
+from trainer.config_checks import check_config, check_schema
 from trainer.errors import UserError
+from trainer.schema import SCHEMAS, RootSchema
 
 GROUPS = ["model", "dataset", "method", "hardware", "logger", "eval", "experiment"]
 
@@ -22,10 +25,12 @@ def options(group: str) -> list[str]:
 
 
 def required_overrides(group: str, option: str) -> list[str]:
+    """The option, plus a value for each mandatory key it leaves to the user (a dataset's path, a model's id)."""
     extra = [f"{group}={option}"]
-    if group == "model" and option == "hf":
+    own = yaml.safe_load((REPO / "conf" / group / f"{option}.yaml").read_text()) or {}
+    if group == "model" and "name_or_path" not in own:
         extra.append("model.name_or_path=some-org/some-model")
-    if group == "dataset" and option == "chat_jsonl":
+    if group == "dataset" and "path" not in own:
         extra.append("dataset.path=data.jsonl")
     return extra
 
@@ -34,11 +39,17 @@ CASES = [(g, o) for g in GROUPS for o in options(g)]
 
 
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
-def test_every_option_composes(group, option):
-    cfg = compose(*required_overrides(group, option))
-    node = cfg if group == "experiment" else cfg[group]
-    assert node is not None
-    OmegaConf.to_container(cfg.model, resolve=True, throw_on_missing=True)
+def test_every_option_composes(group, option, tmp_path):
+    cfg = compose(*required_overrides(group, option), f"output_dir={tmp_path}")
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    check_schema(cfg)
+    if group == "experiment":
+        overlay = yaml.safe_load((REPO / "conf" / group / f"{option}.yaml").read_text())
+        for key in set(overlay) - {"defaults", "hydra"}:
+            assert key in resolved, f"experiment={option} sets '{key}', missing from the composed config"
+        return
+    schema = OmegaConf.get_type(cfg[group])  # the option's own schema, a subclass of the root's typed field
+    assert schema in SCHEMAS.values() and issubclass(schema, typing.get_type_hints(RootSchema)[group])
 
 
 @pytest.mark.parametrize("option", options("method"))
@@ -84,6 +95,18 @@ def test_library_args_file_matches_installed_libraries():
         (["+method.peft.rank=8"], "not an argument of peft.LoraConfig"),
         (["dataset.on_error=ignore"], "Allowed: fail, skip"),
         (["model.dtype=bfloat"], "Did you mean 'bfloat16'"),
+        (["+unknown_key=1"], "Unknown config key 'unknown_key': the root config has no key 'unknown_key'"),
+        (["+model.dtyp=float32"], "Unknown config key 'model.dtyp'"),
+        (["+eval.generation.temprature=0.5"], "Did you mean 'temperature'?"),
+        (["eval.few_shot=-1"], "eval.few_shot=-1 is out of range: it must be at least 0"),
+        (["eval.batch_size=0"], "eval.batch_size=0 is out of range: it must be at least 1"),
+        (["eval.generation.top_p=0"], "eval.generation.top_p=0.0 is out of range: it must be greater than 0"),
+        (["train.per_device_train_batch_size=0"], "train.per_device_train_batch_size=0 is out of range"),
+        (["dataset.max_train_examples=-1"], "dataset.max_train_examples=-1 is out of range"),
+        (["dataset.mix=[{path:a.jsonl,weight:-1}]"], "dataset.mix[0].weight=-1.0 is out of range"),
+        (["seed=-1"], "seed=-1 is out of range"),
+        (["hardware=ddp", "hardware.num_nodes=0"], "hardware.num_nodes=0 is out of range"),
+        (["+hardware.sbatch.partition=gpu"], "'hardware' (LocalHardwareSchema) has no key 'sbatch'"),
     ],
 )
 def test_bad_values_and_combinations_are_user_errors(overrides, expected):
@@ -112,6 +135,8 @@ def _checked(overrides):
         ),
         (["method=qlora", "hardware=cpu"], "needs a CUDA GPU"),
         (["frobnicate"], "Unknown command 'frobnicate'"),
+        (["+unknown_key=1"], "Unknown config key 'unknown_key'"),
+        (["eval.few_shot=-1"], "eval.few_shot=-1 is out of range"),
     ],
 )
 def test_cli_errors_are_one_paragraph_without_traceback(args, expected, tmp_path):

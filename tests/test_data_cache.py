@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import ASSETS, compose
+from tests.helpers import ASSETS, compose
 from trainer.data import prepare, prepare_once, run_prepare
 
 DATA = ASSETS / "data"

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from tests.conftest import ASSETS, compose
+from tests.helpers import ASSETS, compose
 from trainer.data import load_examples, prepare
 from trainer.errors import UserError
 

@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 import torch
 
-from tests.conftest import ASSETS, compose
+from tests.helpers import ASSETS, compose
 from trainer.data import prepare
 
 DATA = ASSETS / "data"

@@ -7,7 +7,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import compose
+from tests.helpers import compose
 from trainer.data import load_examples
 from trainer.errors import UserError
 

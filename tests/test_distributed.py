@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, hydratune
+from tests.helpers import REPO, hydratune
 
 # DeepSpeed compiles its CPU communication op on first use (~40 s); a stable folder makes that happen once per machine.
 EXTENSIONS = Path(

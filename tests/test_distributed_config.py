@@ -4,15 +4,16 @@ the dry run, the SLURM script and the errors users cause."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from launchers import deepspeed_config, distributed, slurm
-from tests.conftest import compose, hydratune
+from tests.helpers import compose, hydratune
 from trainer.errors import UserError
+from trainer.schema import hardware_schema
+from trainer.threads import usable_cores
 
 OPTIONS = {"ddp": (0, False), "deepspeed_zero2": (2, False), "deepspeed_zero3": (3, False)}
 OPTIONS["deepspeed_zero3_offload"] = (3, True)
@@ -23,7 +24,7 @@ def test_every_option_composes_and_its_deepspeed_config_loads(option):
     from transformers.integrations import HfDeepSpeedConfig
 
     cfg = compose(f"hardware={option}", "model=tiny_random")
-    assert cfg.hardware.kind == "distributed" and cfg.hardware.name == option
+    assert hardware_schema(cfg).runner == "launchers.distributed" and cfg.hardware.name == option
     stage, offload = OPTIONS[option]
     ds = deepspeed_config.build(cfg.hardware)
     if stage == 0:
@@ -115,7 +116,7 @@ def test_dry_run_prints_command_and_deepspeed_config_and_runs_nothing(tmp_path, 
     result = hydratune(*args, f"hydra.run.dir={run_dir}", cache=cache_dir)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
-    threads = max(1, (os.cpu_count() or 1) // 2)
+    threads = max(1, usable_cores()[0] // 2)
     assert f"OMP_NUM_THREADS={threads} " in out
     assert (
         f"--num_gpus 2 --master_addr 127.0.0.1 --master_port 29500 --module launchers.worker --run-dir {run_dir}" in out

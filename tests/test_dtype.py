@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import REPO, compose
+from tests.helpers import REPO, compose
 from trainer import models
 
 AVX2_EPYC = {"avx2": True, "avx512_f": False, "avx512_bf16": False, "amx_bf16": False, "amx_tile": False}
@@ -101,7 +101,7 @@ def test_run_log_and_report_say_what_was_chosen(tmp_path, cache_dir):
     tell): auto resolves to float32, and the log, metrics.json and report.md say why."""
     import json
 
-    from tests.conftest import hydratune
+    from tests.helpers import hydratune
 
     env = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     args = ["model=tiny_random", "model.dtype=auto", "hardware.threads=1", "train.max_steps=1", "eval=none"]

@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from tests.conftest import compose, hydratune
 from tests.fake_provider import BASE_ANSWER, FakeProvider, files_containing, write_chat_dataset
+from tests.helpers import compose, hydratune
 from trainer import endpoint_eval, evaluation
 from trainer.config_checks import check_config
 from trainer.errors import UserError

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, hydratune
+from tests.helpers import REPO, hydratune
 
 TINY = [
     "model=tiny_random",
@@ -45,6 +45,8 @@ def test_tiny_run_writes_every_output(tiny_run):
         "metrics.json",
         "metrics.jsonl",
         "report.md",
+        "report.html",
+        "examples.jsonl",
         "loss_curve.png",
         "hydratune.log",
         "data_stats.json",
@@ -57,6 +59,22 @@ def test_tiny_run_writes_every_output(tiny_run):
     assert (tiny_run / "model" / "adapter_model.safetensors").is_file()
     report = (tiny_run / "report.md").read_text()
     assert "| metric | base model | fine-tuned | change |" in report and "loss_curve.png" in report
+
+
+def test_tiny_run_report_has_paired_statistics_flips_and_break_even(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    pairs = {(c["reference"], c["candidate"], c["metric"]) for c in metrics["comparisons"]}
+    assert {("base", "finetuned", "exact_match"), ("base", "finetuned", "token_f1")} <= pairs
+    assert metrics["flips"][0]["n"] == 8 and metrics["break_even"]["training"]["usd"] > 0
+    assert (
+        metrics["break_even"]["per_1000_queries"]["few_shot"]["prompt_tokens"]
+        > metrics["finetuned"]["prompt_tokens_per_query"]
+    )
+    assert len((tiny_run / "examples.jsonl").read_text().splitlines()) == 8
+    md = (tiny_run / "report.md").read_text()
+    assert "## Paired comparisons" in md and "## Flips: fine-tuned vs base model" in md
+    assert "## Cost and break-even" in md and "3-shot" in md
+    assert "Every example" in (tiny_run / "report.html").read_text()
 
 
 def test_saved_adapter_loads_with_plain_peft(tiny_run, cache_dir):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import REPO, compose, hydratune
+from tests.helpers import REPO, compose, hydratune
 from trainer.config_checks import check_config
 
 #: The local examples' smoke mode (examples/*/README.md).

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.conftest import hydratune
+from tests.helpers import hydratune
 
 TINY = ["model=tiny_random", "hardware.threads=1", "train.max_steps=2", "eval=none"]
 

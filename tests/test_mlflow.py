@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import hydratune
+from tests.helpers import hydratune
 
 mlflow = pytest.importorskip("mlflow", reason="logger=mlflow needs the `loggers` extra (mlflow-skinny)")
 
@@ -79,7 +79,7 @@ def test_sweep_runs_share_one_experiment(tmp_path, cache_dir):
 def test_tracking_uri_from_environment_is_not_written(tmp_path, monkeypatch, env_uri):
     from omegaconf import open_dict
 
-    from tests.conftest import compose
+    from tests.helpers import compose
     from trainer import mlflow_tracking
 
     if env_uri:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.conftest import hydratune
+from tests.helpers import hydratune
 
 pytestmark = pytest.mark.slow
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import hydratune
+from tests.helpers import hydratune
 from trainer import rundir, sweeps
 from trainer.errors import UserError
+from trainer.threads import usable_cores
 
 TINY = ["model=tiny_random", "train.max_steps=2", "eval.max_examples=4", "eval.generation.max_new_tokens=4"]
 
@@ -207,7 +207,7 @@ def test_joblib_launcher_runs_two_jobs_in_parallel_sharing_the_cores(tmp_path, c
     assert runs[0]["pid"] != runs[1]["pid"]
     # Both were running at the same time: each started before the other finished.
     assert max(r["started"] for r in runs) < min(r["finished"] for r in runs)
-    threads = max(1, (os.cpu_count() or 1) // 2)
+    threads = max(1, usable_cores()[0] // 2)
     for n in ("0", "1"):
         assert f"hardware.threads={threads}" in json.loads((sweep_dir / n / "overrides.json").read_text())
         assert OmegaConf.load(sweep_dir / n / "config.yaml").hardware.threads == threads
@@ -223,7 +223,7 @@ def test_threads_per_job():
 @pytest.mark.parametrize(
     ("overrides", "threads"),
     [
-        (["hydra/launcher=parallel"], max(1, (os.cpu_count() or 1) // 2)),
+        (["hydra/launcher=parallel"], max(1, usable_cores()[0] // 2)),
         (["hydra/launcher=parallel", "hydra.launcher.n_jobs=-1"], 1),
         (["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=6"], 6),
         (["hydra/launcher=slurm", "hardware.threads=3"], None),  # the user's own choice stays

@@ -22,9 +22,12 @@ from trainer.errors import UserError, explain_composition_error
 
 #: Act on the provider job a cloud run dir recorded: `hydratune job-status hydra.run.dir=DIR`.
 JOB_COMMANDS = ("job-status", "job-attach", "job-cancel")
-#: Tools that write files instead of running: `hydratune convert-autotrain PATH [--out FILE]` (trainer/autotrain.py).
-TOOL_COMMANDS = ("convert-autotrain",)
-COMMANDS = ("train", "prepare", "eval", *JOB_COMMANDS, *TOOL_COMMANDS)
+#: Tools that write files instead of running: `hydratune convert-autotrain PATH [--out FILE]` (trainer/autotrain.py),
+#: `hydratune report DIR [DIR...]` (trainer/report_command.py).
+TOOL_COMMANDS = ("convert-autotrain", "report")
+#: Host a finished run: `hydratune serve|export hydra.run.dir=RUN` (trainer/serving.py, trainer/export.py).
+HOSTING_COMMANDS = ("serve", "export")
+COMMANDS = ("train", "prepare", "eval", *JOB_COMMANDS, *TOOL_COMMANDS, *HOSTING_COMMANDS)
 _PASS_THROUGH = tuple(f"{node}." for node in ("train", "method.peft", "method.quantization"))
 _command = "train"
 
@@ -57,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     if _command in JOB_COMMANDS:
         return _job(_command, args)
     if _command in TOOL_COMMANDS:
-        return _convert_autotrain(args)
+        return _tool(_command, args)
+    if _command in HOSTING_COMMANDS:
+        return _hosting(_command, args)
     args = [_pass_through(arg) for arg in args]
     schema.register()
     # Hydra prints composition errors with a hint to set HYDRA_FULL_ERROR; we catch them ourselves instead and
@@ -91,13 +96,39 @@ def _job(word: str, args: list[str]) -> None:
         _fail(str(exc))
 
 
-def _convert_autotrain(args: list[str]) -> None:
-    from trainer import autotrain
+def _tool(word: str, args: list[str]) -> None:
+    import importlib
 
+    module = importlib.import_module(
+        {"convert-autotrain": "trainer.autotrain", "report": "trainer.report_command"}[word]
+    )
     try:
-        autotrain.main(args)
+        module.main(args)
     except UserError as exc:
         _fail(str(exc))
+
+
+def _hosting(word: str, args: list[str]) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    for chatty in ("httpx", "httpx2"):  # one line per request otherwise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    try:
+        if word == "serve":
+            from trainer import serving
+
+            serving.main(args)
+        else:
+            from trainer import export
+
+            export.main(args)
+    except UserError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - only composition errors are rewritten, the rest re-raised
+        if not _is_composition_error(exc):
+            raise
+        _fail(explain_composition_error(exc))
 
 
 def _is_composition_error(exc: BaseException) -> bool:

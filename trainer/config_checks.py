@@ -3,10 +3,14 @@ impossible combinations. Runs before anything heavy is imported; every failure i
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+import dataclasses
+from typing import Any
 
-from trainer.errors import UserError, choice_error
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from trainer.errors import UserError, choice_error, closest
 from trainer.library_args import check_args
+from trainer.schema import is_cloud
 
 CHOICES = {
     "model.source": {"hf", "gguf_wheel", "tiny_random", "provider"},
@@ -15,14 +19,42 @@ CHOICES = {
     "dataset.format": {"chat", "alpaca", "sharegpt", "prompt_completion", "text", "template", "preference"},
     "dataset.on_error": {"fail", "skip"},
     "method.name": {"full", "lora", "dora", "qlora"},
-    "hardware.kind": {"local", "distributed", "cloud"},
     "hardware.device": {"auto", "cpu", "cuda"},
     "logger.name": {"none", "jsonl", "tensorboard", "wandb", "mlflow"},
     "logger.mode": {"online", "offline", "disabled"},
+    "serve.engine": {"transformers", "vllm"},
+    "serve.device": {"auto", "cpu", "cuda"},
+    "serve.dtype": {"auto", "float32", "bfloat16", "float16"},
+    "export.dtype": {"auto", "float32", "bfloat16", "float16"},
+}
+
+
+#: Ranges of the library pass-through arguments hydratune's defaults set (a library's own arguments have no schema
+#: to declare them in): key -> (minimum, maximum or None). The schema's own fields declare theirs beside the field.
+LIBRARY_RANGES: dict[str, tuple[float, float | None]] = {
+    "train.per_device_train_batch_size": (1, None),
+    "train.per_device_eval_batch_size": (1, None),
+    "train.gradient_accumulation_steps": (1, None),
+    "train.num_train_epochs": (0, None),
+    "train.max_steps": (-1, None),
+    "train.learning_rate": (0, None),
+    "train.weight_decay": (0, None),
+    "train.warmup_steps": (0, None),
+    "train.max_length": (1, None),
+    "train.save_steps": (0, None),
+    "train.save_total_limit": (0, None),
+    "train.logging_steps": (0, None),
+    "train.eval_steps": (0, None),
+    "method.peft.r": (1, None),
+    "method.peft.lora_alpha": (0, None),
+    "method.peft.lora_dropout": (0, 1),
 }
 
 
 def check_config(cfg: DictConfig) -> None:
+    """Every rule a composed config must pass, in one place: unknown keys (``+key=...`` included), value ranges,
+    choices, library arguments, then combinations across groups. The CLI runs it before anything heavy loads."""
+    check_schema(cfg)
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
@@ -40,14 +72,14 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def _check_combinations(cfg: DictConfig) -> None:
-    hw, method = cfg.hardware, cfg.method
-    if hw.kind != "cloud" and cfg.model.source == "provider":
+    hw, method, cloud = cfg.hardware, cfg.method, is_cloud(cfg)
+    if not cloud and cfg.model.source == "provider":
         raise UserError(
             f"model.name_or_path={cfg.model.name_or_path} is a provider model: it only trains through its provider's "
             f"API, but hardware={hw.name} trains locally. Use hardware=openai or hardware=azure_openai, or pick a "
             "local model (model=smollm2_135m, model=hf model.name_or_path=...)."
         )
-    if method.quantization is not None and hw.kind != "cloud" and hw.device == "cpu":
+    if method.quantization is not None and not cloud and hw.device == "cpu":
         raise UserError(
             f"method={method.name} quantizes the base model to 4 bits with bitsandbytes, which needs a CUDA GPU, "
             f"but hardware={hw.name} runs on the CPU. Use method=lora on the CPU, or hardware=single_gpu "
@@ -61,3 +93,58 @@ def _check_combinations(cfg: DictConfig) -> None:
             f"hardware.objective=dpo), and hardware={hw.name} trains with supervised fine-tuning. Use a chat, alpaca, sharegpt, prompt_completion, text or "
             "template dataset here."
         )
+
+
+def check_schema(cfg: DictConfig) -> None:
+    """Unknown keys and out-of-range values, walking the typed nodes against their schema dataclasses."""
+    _walk(cfg, "")
+    for key, (low, high) in LIBRARY_RANGES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        _check_range(key, value, low, high, exclusive=False)
+
+
+def _walk(node: Any, key: str) -> None:
+    if not isinstance(node, DictConfig | ListConfig) or node._is_none() or node._is_missing():
+        return
+    if isinstance(node, ListConfig):
+        for i, item in enumerate(node._iter_ex(resolve=False)):
+            _walk(item, f"{key}[{i}]")
+        return
+    schema = OmegaConf.get_type(node)
+    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
+        return  # a free-form node (train, method.peft, hardware.sbatch ...): the library or its own check decides
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    prefix = f"{key}." if key else ""
+    for name in node.keys():
+        if name not in fields:
+            raise _unknown_key(f"{prefix}{name}", str(name), list(fields), schema)
+    for name, spec in fields.items():
+        if OmegaConf.is_missing(node, name):
+            continue
+        if "min" in spec.metadata:
+            meta = spec.metadata
+            _check_range(f"{prefix}{name}", node[name], meta["min"], meta["max"], meta.get("exclusive", False))
+        elif not OmegaConf.is_interpolation(node, name):
+            _walk(node._get_node(name), f"{prefix}{name}")
+
+
+def _check_range(key: str, value: Any, low: float, high: float | None, exclusive: bool) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return  # null means "off / automatic"; wrong types are the schema's or the library check's to report
+    if (value <= low if exclusive else value < low) or (high is not None and value > high):
+        bound = f"greater than {low:g}" if exclusive else f"at least {low:g}"
+        if high is not None:
+            bound += f" and at most {high:g}"
+        raise UserError(
+            f"{key}={value} is out of range: it must be {bound}. Fix the value in your YAML file or override."
+        )
+
+
+def _unknown_key(key: str, name: str, known: list[str], schema: type) -> UserError:
+    parent = key[: -len(name) - 1]
+    where = f"'{parent}' ({schema.__name__})" if parent else "the root config"
+    return UserError(
+        f"Unknown config key '{key}': {where} has no key '{name}'.{closest(name, known)} "
+        f"Known keys there: {', '.join(sorted(known))}. Check the spelling (a key added with + must still be one "
+        "the schema in trainer/schema.py declares)."
+    )

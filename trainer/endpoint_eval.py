@@ -105,7 +105,8 @@ def evaluate(
         client, model, qs, generation_args(eval_cfg.generation), concurrency, call, f"generate ({label or model})"
     )
     predictions = [a.text for a in answers]
-    result = evaluation.scores(eval_cfg.metrics, qs, predictions, [a.prompt_tokens for a in answers], shown(qs))
+    tokens = [a.prompt_tokens for a in answers], shown(qs), [a.completion_tokens for a in answers]
+    result = evaluation.scores(eval_cfg.metrics, qs, predictions, *tokens)
     result["completion_tokens_per_query"] = sum(a.completion_tokens for a in answers) / len(answers)
     if predictions_path is not None:
         with open(predictions_path, "w", encoding="utf-8") as f:

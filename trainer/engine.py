@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainer import data, endpoint_eval, evaluation, loggers, models, report
+from trainer import cost, data, endpoint_eval, evaluation, loggers, models, report
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,9 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     checkpoint = last_checkpoint(run_dir)
     if checkpoint:
         log.info("resuming from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    trained = trainer.train(resume_from_checkpoint=checkpoint)
+    if trainer.is_fsdp_enabled:  # checkpoints stay sharded; the final model is gathered into one full folder
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(run_dir / "model"))  # on every rank (ZeRO-3 gathers shards); the Trainer writes on rank 0
     if main:
         tokenizer.save_pretrained(run_dir / "model")
@@ -130,9 +132,12 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     if cfg.eval.enabled and endpoint_eval.configured(cfg.eval):
         results["compare"] = endpoint_eval.compare_models(cfg.eval, queries, run_dir=run_dir)
     results["data"] = {"cache_key": prepared.cache_key, "cache_hit": prepared.cache_hit, **prepared.stats}
+    if cfg.eval.enabled:
+        seconds, train_rows = trained.metrics["train_runtime"], prepared.examples.train
+        results["break_even"] = cost.local(cfg, seconds, results, tokenizer, queries, train_rows)
     report.write_report(run_dir, results, trainer.state.log_history, f"hydratune run: {cfg.run_name}")
     loggers.finish(trainer)
-    log.info("report: %s", run_dir / "report.md")
+    log.info("report: %s (and report.html)", run_dir / "report.md")
     return results
 
 

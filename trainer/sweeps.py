@@ -5,7 +5,8 @@ Written into the sweep dir by the :class:`SweepCallback` Hydra callback (registe
 - ``summary.csv`` and ``summary.md``: every run's overrides, status (ok / failed with the error), the objective
   and the other metrics, sorted by the objective (best first, failed runs last), plus how often the dataset was
   tokenized and the base model evaluated (cache misses) versus reused (cache hits);
-- ``summary.png``: the objective against each swept parameter.
+- ``summary.png``: the objective against each swept parameter;
+- ``report.html``: the same table, sortable, with that plot, in one self-contained page.
 
 Rebuild it by hand (for a sweep that was interrupted, or a SLURM sweep read later):
 ``python -m trainer.sweeps SWEEP_DIR [METRIC] [minimize|maximize]``.
@@ -19,7 +20,6 @@ import csv
 import json
 import logging
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
+
+from trainer.threads import share, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ def share_threads(config: DictConfig) -> None:
     launcher = config.hydra.launcher
     target = str(launcher.get("_target_", ""))
     if "joblib" in target:
-        threads = threads_per_job(int(launcher.get("n_jobs") or -1), os.cpu_count() or 1)
+        threads = threads_per_job(int(launcher.get("n_jobs") or -1), usable_cores()[0])
     elif target.endswith("SlurmLauncher") and launcher.get("cpus_per_task"):
         threads = int(launcher.cpus_per_task)
     else:
@@ -92,7 +94,7 @@ def share_threads(config: DictConfig) -> None:
 def threads_per_job(n_jobs: int, cores: int) -> int:
     """The cores divided among the runs that run at once (joblib's n_jobs: -1 = one per core, -2 = all but one)."""
     at_once = n_jobs if n_jobs > 0 else cores + 1 + n_jobs
-    return max(1, cores // max(1, at_once))
+    return share(cores, at_once)
 
 
 # ---------------------------------------------------------------- reading the runs
@@ -192,6 +194,9 @@ def write_summary(sweep_dir: Path, metric: str, direction: str) -> Path:
     shown = [i for i, name in enumerate(header) if name not in fixed]
     table = ([header[i] for i in shown], [[row[i] for i in shown] for row in rows])
     md.write_text(render_markdown(runs, *table, metric, direction, plot, fixed))
+    from trainer import report_html
+
+    (sweep_dir / "report.html").write_text(report_html.sweep_page(runs, header, rows, metric, direction, plot))
     return md
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from launchers.cloud import lifecycle
 from launchers.cloud import provider as provider_api
 from trainer.errors import UserError, choice_error
+from trainer.schema import is_cloud
 
 OBJECTIVES = ("supervised", "dpo")
 ON_INTERRUPT = ("detach", "cancel")
@@ -25,7 +26,7 @@ SUPPORTS = (
 def check_cloud(cfg: Any) -> None:
     """Raise a UserError for a config that cannot run on a provider's fine-tuning API."""
     hw, model, method = cfg.hardware, cfg.model, cfg.method
-    if hw.kind != "cloud":
+    if not is_cloud(cfg):
         if model.source == "provider":
             raise UserError(
                 f"model.name_or_path={model.name_or_path} is a provider model: it only trains through "

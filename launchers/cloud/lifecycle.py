@@ -13,6 +13,7 @@ from datetime import date
 from typing import Any
 
 from trainer.errors import UserError
+from trainer.schema import is_cloud
 
 #: A model whose training closes within this many days gets a warning in prepare, the estimate and the report.
 WARN_DAYS = 90
@@ -69,7 +70,7 @@ def today() -> date:
 
 def lifecycle(cfg: Any) -> Lifecycle | None:
     """The model's lifecycle at the configured provider, or None when no dates are known."""
-    if cfg.hardware.kind != "cloud" or cfg.hardware.provider not in cfg.model.lifecycle:
+    if not is_cloud(cfg) or cfg.hardware.provider not in cfg.model.lifecycle:
         return None
     provider = cfg.hardware.provider
     entry = cfg.model.lifecycle[provider]

@@ -1,0 +1,38 @@
+"""Helpers shared by the tests: import them from here (never from conftest.py or another test file).
+
+Fixtures (cache_dir, tiny_tokenizer) live in conftest.py; plain functions and constants live here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def compose(*overrides: str):
+    """The config `hydratune` would compose for these overrides (no Hydra run dir)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    from trainer import schema
+
+    schema.register()
+    with initialize_config_module("conf", version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides), return_hydra_config=False)
+
+
+def hydratune(*args: str, cache: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the `hydratune` command as a user would, in a subprocess."""
+    full_env = {**os.environ, "HYDRATUNE_CACHE": str(cache), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=REPO,
+        timeout=timeout,
+    )

