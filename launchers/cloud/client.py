@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from trainer.errors import UserError
 
@@ -56,8 +56,9 @@ def transient(exc: BaseException) -> tuple[bool, str | None]:
     if isinstance(exc, connection):
         return True, None
     if isinstance(exc, status_errors):
-        status = exc.status_code
-        headers = exc.response.headers
+        err: Any = exc
+        status = err.status_code
+        headers = err.response.headers
         retry_after = headers.get("retry-after")
         if headers.get("retry-after-ms") is not None:
             retry_after = str(float(headers["retry-after-ms"]) / 1000)
@@ -90,9 +91,10 @@ def call(fn: Callable[..., T], *args: Any, retries: int, backoff_s: float, what:
 def describe(exc: BaseException) -> str:
     """A short, secret-free description of an SDK error (status and the provider's message)."""
     if isinstance(exc, sdk_errors()[1]):
-        body = exc.body if isinstance(exc.body, dict) else {}
+        err: Any = exc
+        body = err.body if isinstance(err.body, dict) else {}
         message = (body.get("error") or body).get("message") if isinstance(body.get("error") or body, dict) else None
-        return f"HTTP {exc.status_code} {message or exc.message}"
+        return f"HTTP {err.status_code} {message or err.message}"
     if isinstance(exc, ValueError | TypeError):  # the SDK's own checks of the arguments, before any request
         return f"{type(exc).__name__}: {exc}"
     return type(exc).__name__
@@ -111,7 +113,7 @@ def user_errors(run_dir: object, retries: int) -> Iterator[None]:
     except Exception as exc:
         _, status_errors, api_errors = sdk_errors()
         if isinstance(exc, status_errors):
-            if exc.status_code >= 500 or exc.status_code in RETRY_STATUS:
+            if cast(Any, exc).status_code >= 500 or exc.status_code in RETRY_STATUS:
                 raise _kept_failing(exc, run_dir, retries) from None
             raise api_error(exc, "the request") from None
         if isinstance(exc, api_errors):

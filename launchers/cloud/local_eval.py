@@ -48,7 +48,7 @@ def evaluate(cfg: Any, run_dir: Path, weights: Path) -> dict[str, Any]:
     if (weights / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        tuned = PeftModel.from_pretrained(base, str(weights))
+        tuned = PeftModel.from_pretrained(model=base, model_id=str(weights))
         log.info("loaded the downloaded adapter %s on %s", weights, local.model.name_or_path)
     else:
         tuned = AutoModelForCausalLM.from_pretrained(str(weights), dtype=models.torch_dtype(dtype)).to(device)

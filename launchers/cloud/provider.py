@@ -106,7 +106,7 @@ class Provider(Protocol):
     def base_model(self, cfg: Any) -> str | None:
         """The name the evaluation asks for the base model (None: no base column)."""
 
-    def serving(self, cfg: Any, state: Any, tuned: str) -> AbstractContextManager[str | None]:
+    def serving(self, cfg: Any, state: Any, tuned: str | None) -> AbstractContextManager[str | None]:
         """The name to query the fine-tuned model by, while it is served (Azure deploys it first)."""
 
     @property

@@ -142,7 +142,7 @@ def _final(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate_all(
-    cfg: Any, provider: Provider, state: State, retry: Retry, prepared: Prepared, tuned: str, run_dir: Path
+    cfg: Any, provider: Provider, state: State, retry: Retry, prepared: Prepared, tuned: str | None, run_dir: Path
 ) -> dict[str, Any]:
     """Base, few-shot base and fine-tuned columns (and eval.compare_models) on the same held-out queries as a
     local run, with the same metrics: trainer.endpoint_eval with this provider's client and retries."""

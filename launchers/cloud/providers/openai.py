@@ -164,7 +164,7 @@ class OpenAI:
     def base_model(self, cfg: Any) -> str | None:
         return self.model_name(cfg)
 
-    def serving(self, cfg: Any, state: Any, tuned: str) -> AbstractContextManager[str | None]:
+    def serving(self, cfg: Any, state: Any, tuned: str | None) -> AbstractContextManager[str | None]:
         return nullcontext(tuned)
 
 

@@ -237,7 +237,7 @@ class Together:
     def base_model(self, cfg: Any) -> str | None:
         return None  # evaluated here, on model.weights
 
-    def serving(self, cfg: Any, state: Any, tuned: str) -> AbstractContextManager[str | None]:
+    def serving(self, cfg: Any, state: Any, tuned: str | None) -> AbstractContextManager[str | None]:
         return nullcontext(tuned)
 
 
