@@ -76,6 +76,8 @@ def load_user_config(path: str) -> dict:
 
 
 def write(config: dict, run_dir: Path) -> Path:
+    from trainer import atomic
+
     path = run_dir / "deepspeed.json"
-    path.write_text(json.dumps(config, indent=2) + "\n")
+    atomic.write_json(path, config)
     return path

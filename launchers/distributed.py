@@ -23,7 +23,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from launchers import deepspeed_config, fsdp, slurm
-from trainer import rundir
+from trainer import atomic, rundir
 from trainer.errors import UserError, choice_error
 from trainer.threads import threads_per_process
 
@@ -228,7 +228,7 @@ def submit_slurm(cfg: DictConfig, run_dir: Path, ds: dict | None, nproc: int, th
         deepspeed_config.write(ds, run_dir)
     (run_dir / "logs").mkdir(exist_ok=True)
     path = run_dir / "job.sbatch"
-    path.write_text(script)
+    atomic.write_text(path, script)
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise UserError(f"hardware.submit=slurm: `sbatch` is not on PATH here. The script is written: {path}")

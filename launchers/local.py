@@ -46,8 +46,7 @@ def set_threads(hardware: DictConfig, processes: int = 1) -> int:
 
 
 def run(cfg: DictConfig, command: str) -> float | None:
-    run_dir = Path(cfg.output_dir)
-    rundir.start(cfg, run_dir, command)
+    run_dir = rundir.start(cfg, Path(cfg.output_dir), command)  # eval of a finished run: a new sub-dir of it
     device = pick_device(cfg.hardware, needs_cuda=cfg.method.quantization is not None)
     threads = set_threads(cfg.hardware)
     log.info("hardware=%s: device %s, %d threads", cfg.hardware.name, device, threads)

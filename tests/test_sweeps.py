@@ -19,9 +19,12 @@ from trainer.threads import usable_cores
 TINY = ["model=tiny_random", "train.max_steps=2", "eval.max_examples=4", "eval.generation.max_new_tokens=4"]
 
 
-def multirun(*args: str, sweep_dir: Path, cache: Path) -> str:
+def multirun(*args: str, sweep_dir: Path, cache: Path, failures: bool = False) -> str:
     result = hydratune("-m", *args, *TINY, f"hydra.sweep.dir={sweep_dir}", cache=cache)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # A sweep with a failed run exits 1, after finishing the others.
+    assert result.returncode == (1 if failures else 0), result.stderr[-3000:]
+    if failures:
+        assert "run(s) of the sweep did not finish ok" in result.stderr and "Traceback" not in result.stderr
     return result.stdout + result.stderr
 
 
@@ -112,7 +115,7 @@ def test_summary_can_be_rebuilt_with_another_objective(grid, tmp_path):
 
 def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, cache_dir):
     sweep_dir = tmp_path / "sweep"
-    multirun("train.learning_rate=3e-4,oops", "hardware.threads=1", sweep_dir=sweep_dir, cache=cache_dir)
+    multirun("train.learning_rate=3e-4,oops", "hardware.threads=1", sweep_dir=sweep_dir, cache=cache_dir, failures=True)
     ok, failed = (json.loads((sweep_dir / n / "status.json").read_text()) for n in ("0", "1"))
     assert ok["status"] == "ok" and (sweep_dir / "0" / "metrics.json").is_file()
     assert failed["status"] == "failed" and "train.learning_rate='oops'" in failed["error"]
@@ -188,7 +191,7 @@ def test_optuna_search_writes_best_parameters_and_resumes_from_sqlite(tmp_path, 
 def test_optuna_records_a_failed_trial_and_the_search_goes_on(tmp_path, cache_dir):
     sweep_dir = tmp_path / "sweep"
     search = ["hparams_search=lora_lr", "hydra.sweeper.n_trials=3", "train.weight_decay=choice(0.0,oops)"]
-    out = multirun(*search, "hardware.threads=1", sweep_dir=sweep_dir, cache=cache_dir)
+    out = multirun(*search, "hardware.threads=1", sweep_dir=sweep_dir, cache=cache_dir, failures=True)
     rows = table(sweep_dir)
     # Seeded sampler: trials 0 and 1 draw weight_decay 0.0, trial 2 draws 'oops'.
     assert [r["status"] for r in rows] == ["ok", "ok", "failed"] and rows[2]["run"] == "2"

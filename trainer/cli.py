@@ -36,17 +36,25 @@ _command = "train"
 def _task(cfg: DictConfig) -> float | None:
     from launchers import launch
     from trainer import rundir
+    from trainer.atomic import explain_io_error
 
     started = time.time()
     try:
         launch(cfg, _command)
+        return rundir.finished(cfg, _command, started)  # status.json; the configured objective, for Optuna
+    except KeyboardInterrupt:
+        rundir.interrupted(cfg, _command, started)
+        _interrupted(cfg.output_dir)
     except Exception as exc:
+        exc = explain_io_error(exc, cfg.output_dir) or exc  # a full or read-only disk: one paragraph
         if rundir.in_multirun():  # one failed run of a sweep is recorded in its status.json; the others go on
             return rundir.failed(cfg, _command, started, exc)
+        rundir.failed(cfg, _command, started, exc, quiet=True)
         if isinstance(exc, UserError):
             _fail(str(exc))  # SystemExit passes through Hydra's job runner without its "Error executing job" line
         raise
-    return rundir.finished(cfg, _command, started)  # status.json; the configured objective, for Optuna
+    finally:
+        rundir.release()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,14 +77,32 @@ def main(argv: list[str] | None = None) -> None:
     # print one paragraph that names the key and the allowed values.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     sys.argv = [sys.argv[0], *args]
+    printing = any(a in ("--cfg", "-c", "--info", "-i") or a.startswith(("--cfg=", "--info=")) for a in args)
     try:
-        _task()
+        if printing:  # Hydra prints the config itself: redact what it prints
+            from trainer.secrets import printed_redacted
+
+            with printed_redacted():
+                _task()
+        else:
+            _task()
+        _sweep_failures()
     except UserError as exc:
         _fail(str(exc))
-    except Exception as exc:  # noqa: BLE001 - only composition errors are rewritten, the rest re-raised
-        if not _is_composition_error(exc):
+    except KeyboardInterrupt:
+        _interrupted(None)
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - only composition and I/O errors are rewritten, the rest re-raised
+        if _is_composition_error(exc):
+            _fail(explain_composition_error(exc))
+        from trainer.atomic import explain_io_error
+
+        # Hydra creating the run dir or its log: a file in the way, a read-only or full disk.
+        explained = explain_io_error(exc, getattr(exc, "filename", None) or ".")
+        if explained is None:
             raise
-        _fail(explain_composition_error(exc))
+        _fail(str(explained))
 
 
 def _pass_through(arg: str) -> str:
@@ -136,6 +162,25 @@ def _is_composition_error(exc: BaseException) -> bool:
     from omegaconf.errors import OmegaConfBaseException
 
     return isinstance(exc, HydraException | OmegaConfBaseException) and not isinstance(exc, UserError)
+
+
+def _sweep_failures() -> None:
+    from trainer.sweeps import FAILED
+
+    if FAILED:
+        sys.stderr.write(
+            f"hydratune: {len(FAILED)} run(s) of the sweep did not finish ok: {', '.join(FAILED)}. The others finished; "
+            "see summary.md in the sweep dir and status.json in each run dir.\n"
+        )
+        raise SystemExit(1)
+
+
+def _interrupted(run_dir: str | None) -> None:
+    where = f" {run_dir}/status.json says 'interrupted';" if run_dir else ""
+    sys.stderr.write(
+        f"hydratune: interrupted.{where} run the same command again to resume from the last complete checkpoint.\n"
+    )
+    raise SystemExit(130)
 
 
 def _fail(message: str) -> None:

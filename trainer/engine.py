@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainer import cost, data, endpoint_eval, evaluation, loggers, models, report
+from trainer import cost, data, endpoint_eval, evaluation, loggers, models, report, secrets
 from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ def sft_config(cfg: DictConfig, run_dir: Path, device: str):
         run_name=cfg.run_name,
         dataset_kwargs={"skip_prepare_dataset": True},  # trainer.data already tokenized, truncated and packed
     )
+    secrets.token_to_env(args)  # hub_token: into HF_TOKEN, never into training_args.bin
     if args["bf16"] is None:
         args["bf16"] = device == "cuda" and models.resolve_dtype("auto", device)[0] == "bfloat16"
     if device != "cuda" and args.get("tf32"):
@@ -82,10 +83,10 @@ def build_trainer(cfg, run_dir: Path, device: str, model, tokenizer, prepared, p
 
 
 def last_checkpoint(run_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint; torn ones (a kill while writing) are set aside with a warning."""
+    from trainer.checkpoints import last_complete
 
-    folder = run_dir / "checkpoints"
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    return last_complete(run_dir / "checkpoints")
 
 
 def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:

@@ -23,6 +23,14 @@ class JsonlLogger(TrainerCallback):
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        """A resumed run logs again from the checkpoint's step on: drop the records after it (and a torn last
+        line), so that no step is logged twice."""
+        if state.is_world_process_zero and self.path.is_file():
+            from trainer.metrics_log import truncate_after
+
+            truncate_after(self.path, state.global_step)
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return

@@ -128,12 +128,21 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
 
 
 def _save_atomically(folder: Path, model, tokenizer) -> None:
-    """Save into a temporary sibling, then rename, so a crash never leaves a half-written cache entry."""
-    tmp = folder.with_name(folder.name + ".partial")
+    """Save into a temporary sibling of this process, then rename, so a crash never leaves a half-written cache
+    entry and concurrent runs never clash (the first rename wins; the entries are identical)."""
+    from trainer.atomic import clean_partials
+
+    clean_partials(folder.parent)  # left by a crashed run
+    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(folder)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another run finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "config.json").exists():
+            raise
 
 
 # ---------------------------------------------------------------- loading

@@ -29,14 +29,16 @@ WORST = 5
 def write_report(run_dir: Path, metrics: dict, history: list[dict], title: str) -> None:
     """Write metrics.json (all sections, the comparisons and flips), examples.jsonl, history.json (the title and the
     training log), loss_curve.png (when there is a history), report.md and report.html."""
+    from trainer import atomic
+
     run_dir = Path(run_dir)
     examples = pop_examples(metrics)
     analyse(metrics, examples)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    with open(run_dir / "examples.jsonl", "w") as f:
+    with atomic.open_atomic(run_dir / "examples.jsonl") as f:
         f.writelines(json.dumps(row) + "\n" for row in examples)
-    (run_dir / "history.json").write_text(json.dumps({"title": title, "log_history": history}, default=str) + "\n")
+    atomic.write_json(run_dir / "history.json", {"title": title, "log_history": history}, indent=None, default=str)
     render(run_dir, metrics, examples, history, title)
+    atomic.write_json(run_dir / "metrics.json", metrics, default=str)  # last: it marks the run's results complete
 
 
 def rebuild(run_dir: Path) -> Path:
@@ -51,12 +53,12 @@ def rebuild(run_dir: Path) -> Path:
 
 
 def render(run_dir: Path, metrics: dict, examples: list[dict], history: list[dict], title: str) -> Path:
-    from trainer import report_html
+    from trainer import atomic, report_html
 
     plot = plot_losses(history, run_dir / "loss_curve.png")
-    (run_dir / "report.md").write_text(render_markdown(metrics, title, plot, examples))
+    atomic.write_text(run_dir / "report.md", render_markdown(metrics, title, plot, examples))
     html = run_dir / "report.html"
-    html.write_text(report_html.run_page(metrics, title, plot, examples))
+    atomic.write_text(html, report_html.run_page(metrics, title, plot, examples))
     return html
 
 
@@ -197,7 +199,10 @@ def plot_losses(history: list[dict], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    from trainer import atomic
+
+    with atomic.open_atomic(path, "wb") as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
     return path
 

@@ -532,6 +532,16 @@ class ExportSchema:
     private: bool = True
 
 
+# ---------------------------------------------------------------- resume
+
+
+@dataclass
+class ResumeSchema:
+    #: Resume an unfinished run even when its config differs from the one it started with (learning rate, seed,
+    #: data...); by default the run stops and lists the differences (trainer/rundir.py).
+    allow_changes: bool = False
+
+
 # ---------------------------------------------------------------- root
 
 
@@ -558,6 +568,8 @@ class RootSchema:
     output_dir: str = "${hydra:runtime.output_dir}"
     #: What a sweep optimizes (hparams_search=...) and what its summary table is sorted by.
     objective: ObjectiveSchema = field(default_factory=ObjectiveSchema)
+    #: How an unfinished run in the same directory is resumed.
+    resume: ResumeSchema = field(default_factory=ResumeSchema)
     #: `hydratune serve`: the serving engine and its settings (serve=transformers or serve=vllm).
     serve: ServeSchema = MISSING
     #: `hydratune export`: merged weights, GGUF, Hub.

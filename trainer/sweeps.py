@@ -36,6 +36,8 @@ SECTIONS = ("finetuned", "base", "few_shot")
 #: metrics.json numbers shown as columns (when present), after the objective.
 METRICS = ("eval_loss", "perplexity", "exact_match", "token_f1")
 BASE_EVAL_HIT = "base evaluation cache hit"
+#: The runs of the last sweep that did not end ok (the CLI then exits non-zero, after every run has finished).
+FAILED: list[str] = []
 
 
 @dataclass
@@ -57,11 +59,13 @@ class SweepCallback(Callback):
     (parallel and SLURM launchers) and writes the sweep summary when it ends."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        FAILED.clear()
         share_threads(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         metric, direction = str(config.objective.metric), config.objective.direction
+        FAILED[:] = [f"{r.name} ({r.status})" for r in read_runs(sweep_dir, metric) if r.status != "ok"]
         try:
             written = write_summary(sweep_dir, metric, getattr(direction, "name", str(direction)))
         except Exception:  # noqa: BLE001 - a summary problem must not turn a finished sweep into a failure
@@ -185,7 +189,9 @@ def write_summary(sweep_dir: Path, metric: str, direction: str) -> Path:
         ]
         for r in runs
     ]
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+    from trainer import atomic
+
+    with atomic.open_atomic(sweep_dir / "summary.csv", "w") as f:
         csv.writer(f).writerows([header, *rows])
     plot = plot_objective(runs, swept_keys(runs), metric, sweep_dir / "summary.png")
     md = sweep_dir / "summary.md"
@@ -193,10 +199,10 @@ def write_summary(sweep_dir: Path, metric: str, direction: str) -> Path:
     fixed = {k: runs[0].overrides[k] for k in keys[len(swept) :] if all(k in r.overrides for r in runs)}
     shown = [i for i, name in enumerate(header) if name not in fixed]
     table = ([header[i] for i in shown], [[row[i] for i in shown] for row in rows])
-    md.write_text(render_markdown(runs, *table, metric, direction, plot, fixed))
+    atomic.write_text(md, render_markdown(runs, *table, metric, direction, plot, fixed))
     from trainer import report_html
 
-    (sweep_dir / "report.html").write_text(report_html.sweep_page(runs, header, rows, metric, direction, plot))
+    atomic.write_text(sweep_dir / "report.html", report_html.sweep_page(runs, header, rows, metric, direction, plot))
     return md
 
 
@@ -265,7 +271,10 @@ def plot_objective(runs: list[Run], keys: list[str], metric: str, path: Path) ->
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    from trainer import atomic
+
+    with atomic.open_atomic(path, "wb") as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
     return path
 

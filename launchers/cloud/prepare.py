@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import statistics
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from typing import Any
 
 from launchers.cloud import lifecycle, pricing, provider_data, tokens
 from launchers.cloud import provider as provider_api
+from trainer import atomic
 
 log = logging.getLogger(__name__)
 TRAIN_FILE, VALIDATION_FILE, ESTIMATE_FILE = "provider_train.jsonl", "provider_validation.jsonl", "cloud_estimate.json"
@@ -83,7 +83,7 @@ def _prepare(cfg: Any, run_dir: Path) -> Prepared:
     val_sha = provider_data.write_jsonl(val_path, validation) if val_path else None
     life = lifecycle.lifecycle(cfg)
     estimate_file = {"estimate": estimate.as_dict(), "stats": stats, "lifecycle": life.as_dict() if life else None}
-    (run_dir / ESTIMATE_FILE).write_text(json.dumps(estimate_file, indent=2))
+    atomic.write_json(run_dir / ESTIMATE_FILE, estimate_file)
     print(
         f"hydratune: {hw.provider} {model}: {len(train)} training / {len(validation)} validation examples; "
         f"tokens per example min {stats['tokens']['min']}, mean {stats['tokens']['mean']:.0f}, "

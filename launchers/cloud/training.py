@@ -13,6 +13,7 @@ from launchers.cloud.client import user_errors
 from launchers.cloud.prepare import Prepared, prepare
 from launchers.cloud.provider import Job, Provider
 from launchers.cloud.retrying import Retry
+from launchers.cloud.state import FILE_NAME as STATE_FILE
 from launchers.cloud.state import State
 from trainer.errors import UserError
 
@@ -30,7 +31,7 @@ def _run(cfg: Any, command: str) -> float | None:
 
     run_dir = Path(cfg.output_dir)
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per poll otherwise
-    rundir.start(cfg, run_dir, command)
+    run_dir = rundir.start(cfg, run_dir, command, carry=(STATE_FILE,))  # eval of a finished run: a sub-dir
     prepared = prepare(cfg, run_dir)
     if command == "prepare":
         return None

@@ -12,7 +12,6 @@ split (train/validation, mixing), tokenize (ids and labels), pack, stats, cache.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -272,13 +271,11 @@ def _encode(encoder, rows: list[dict], split: str):
 
 
 def _write_run_files(run_dir: Path, stats: dict, examples: Examples, key: str, hit: bool, folder: Path) -> None:
+    from trainer import atomic
     from trainer.data.validate import write_list
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "data_stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
-    (run_dir / "data_cache.json").write_text(
-        json.dumps({"key": key, "hit": hit, "path": str(folder)}, indent=2) + "\n", encoding="utf-8"
-    )
+    atomic.write_json(run_dir / "data_stats.json", stats)
+    atomic.write_json(run_dir / "data_cache.json", {"key": key, "hit": hit, "path": str(folder)})
     if examples.skipped:
         write_list(examples.skipped, run_dir, "skipped_rows.txt")
 

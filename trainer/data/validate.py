@@ -84,9 +84,10 @@ def write_list(lines: list[str], report_dir: Path | None, name: str = "invalid_r
         with open(fd, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
         return target
-    report_dir.mkdir(parents=True, exist_ok=True)
+    from trainer import atomic
+
     target = report_dir / name
-    target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic.write_text(target, "\n".join(lines) + "\n")
     return target
 
 
