@@ -17,9 +17,9 @@ import pytest
 
 from launchers import cloud
 from launchers.cloud.checks import check_cloud
-from tests.conftest import REPO, compose
 from tests.fake_provider import files_containing, write_chat_dataset
 from tests.fake_together import ALL_ROUTES, FakeTogether
+from tests.helpers import REPO, compose
 from trainer.errors import UserError
 
 API_KEY = "tg-test-KEY-0123456789abcdef"
