@@ -300,10 +300,11 @@ class CloudHardwareSchema(HardwareSchema):
 
 
 @dataclass
-class TogetherHardwareSchema(LocalHardwareSchema):
-    """Together AI's fine-tuning API; its hyperparameters keep Together's own names (fine_tuning.create)."""
+class TogetherHardwareSchema(HardwareSchema):
+    """At Together AI, through its fine-tuning API; the hyperparameters keep Together's own names
+    (fine_tuning.create)."""
 
-    kind: str = "cloud"
+    runner: ClassVar[str] = "launchers.cloud"
     provider: str = "together"
     #: API base URL; null lets the SDK read TOGETHER_BASE_URL (default https://api.together.ai).
     base_url: str | None = None
@@ -618,5 +619,5 @@ def hardware_schema(cfg: Any) -> type[HardwareSchema]:
 
 
 def is_cloud(cfg: Any) -> bool:
-    """Whether the run trains at a provider (hardware=openai, azure_openai ...)."""
-    return issubclass(hardware_schema(cfg), CloudHardwareSchema)
+    """Whether the run trains at a provider (hardware=openai, azure_openai, together ...)."""
+    return hardware_schema(cfg).runner == CloudHardwareSchema.runner

@@ -212,21 +212,25 @@ class Together:
     # ------------------------------------------------------------ result: the weights, downloaded
 
     def fetch_result(self, cfg: Any, state: Any, retry: Any, job: Job, run_dir: Path) -> dict[str, Any]:
+        """Download the job's weights into <run dir>/model once; an eval of the finished run (in its eval-<time>
+        sub-dir) reuses the recorded download."""
         hw = cfg.hardware
         kind = ("adapter" if hw.download == "adapter" else "merged") if hw.lora else "full"
-        dest = run_dir / WEIGHTS_DIR
         recorded = state.data.get("weights") or {}
-        if recorded.get("job") == job.id and (dest / recorded.get("marker", "")).is_file():
+        known = Path(recorded.get("path", "/nonexistent"))
+        if recorded.get("job") == job.id and recorded.get("kind") == kind and (known / recorded["marker"]).is_file():
+            dest = known
             log.info("weights of %s already downloaded into %s", job.id, dest)
         else:
+            dest = run_dir / WEIGHTS_DIR
             checkpoint = {"adapter": "adapter", "merged": "merged", "full": "model_output_path"}[kind]
             with tempfile.TemporaryDirectory(prefix="hydratune-weights-", dir=run_dir) as tmp:
                 archive = Path(tmp) / "weights.archive"
                 retry(self._download, job.id, checkpoint, archive, what="download weights")
                 marker = unpack(archive, dest)
-            state.record("weights", {"job": job.id, "kind": kind, "dir": WEIGHTS_DIR, "marker": marker})
+            state.record("weights", {"job": job.id, "kind": kind, "path": str(dest.resolve()), "marker": marker})
             log.info("downloaded the %s weights of %s into %s", kind, job.id, dest)
-        return {"weights": WEIGHTS_DIR, "weights_kind": kind}
+        return {"weights": os.path.relpath(dest, run_dir), "weights_kind": kind}
 
     def _download(self, job_id: str, checkpoint: str, path: Path) -> None:
         stream = self.client.fine_tuning.with_streaming_response.content(ft_id=job_id, checkpoint=checkpoint)
