@@ -24,22 +24,21 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from launchers import deepspeed_config, fsdp, slurm
 from trainer import atomic, rundir
-from trainer.errors import UserError, choice_error
+from trainer.errors import UserError
 from trainer.threads import threads_per_process
 
 log = logging.getLogger(__name__)
 
-LAUNCHERS = ("torchrun", "deepspeed", "accelerate")
 WORKER = ["-m", "launchers.worker"]
 
 
-def run(cfg: DictConfig, command: str) -> float | None:
+def run(cfg: DictConfig, command: str) -> None:
     hw = cfg.hardware
     if command != "train":  # prepare and eval need one process only
         from launchers import local
 
-        return local.run(cfg, command)
-    check(cfg)
+        local.run(cfg, command)
+        return
     run_dir = Path(cfg.output_dir).resolve()
     device, nproc, node = resolve_device(hw), num_processes(hw), node_rank(hw)
     threads, _ = threads_per_process(hw.threads, nproc)
@@ -54,11 +53,12 @@ def run(cfg: DictConfig, command: str) -> float | None:
             cfg.train.ddp_timeout = hw.timeout_s
     env = worker_env(cfg, threads)
     if hw.submit == "slurm":
-        return submit_slurm(cfg, run_dir, ds, nproc, threads, device)
+        submit_slurm(cfg, run_dir, ds, nproc, threads, device)
+        return
     cmd = launcher_command(hw, run_dir, nproc, node, device)
     if hw.dry_run:
         print_dry_run(cmd, env, ds, sharding)
-        return None
+        return
     if sharding is not None:
         fsdp.check_device(device)
 
@@ -75,38 +75,13 @@ def run(cfg: DictConfig, command: str) -> float | None:
             f"hydratune: error: the {hw.launcher} workers failed (exit code {result.returncode}). Each rank's log is "
             f"in {run_dir / 'logs'}/rank<N>.log; the run resumes from its last checkpoint when you run it again."
         )
-    return None
 
 
 def check(cfg: DictConfig) -> None:
-    hw = cfg.hardware
-    if hw.launcher not in LAUNCHERS:
-        raise choice_error("hardware.launcher", hw.launcher, LAUNCHERS, "launcher")
-    if hw.submit not in ("local", "slurm"):
-        raise choice_error("hardware.submit", hw.submit, ("local", "slurm"))
-    if hw.num_nodes < 1 or (hw.num_processes is not None and hw.num_processes < 1):
-        raise UserError(
-            f"hardware.num_nodes={hw.num_nodes} and hardware.num_processes={hw.num_processes} must be at least 1 "
-            "(num_processes=null uses every visible GPU)."
-        )
-    if hw.launcher == "deepspeed" and hw.zero_stage == 0 and not hw.deepspeed_config:
-        raise UserError(
-            "hardware.launcher=deepspeed with hardware.zero_stage=0 and no hardware.deepspeed_config: there is no "
-            "DeepSpeed config to run. Use hardware=ddp for plain data parallel, or a deepspeed_zero* option."
-        )
-    if cfg.method.merge_adapter and hw.zero_stage == 3:
-        raise UserError(
-            "method.merge_adapter=true cannot merge under ZeRO-3 (each rank holds only a shard of the base weights). "
-            "Train with merge_adapter=false, then merge the saved adapter in one process: "
-            "peft.AutoPeftModelForCausalLM.from_pretrained('<run dir>/model').merge_and_unload().save_pretrained(...)."
-        )
-    if hw.fsdp is not None:
+    """The rules that need this launcher's own code (run by trainer.config_checks.check_config, after the rules
+    every distributed config must pass)."""
+    if cfg.hardware.fsdp is not None:
         fsdp.check(cfg)
-    if cfg.method.quantization is not None and hw.zero_stage == 3:
-        raise UserError(
-            f"method={cfg.method.name} (4-bit base weights) does not combine with ZeRO-3 parameter sharding here. "
-            "Use hardware=ddp or hardware=deepspeed_zero2 with QLoRA, or method=lora with ZeRO-3."
-        )
 
 
 def resolve_device(hw: DictConfig) -> str:
@@ -222,7 +197,7 @@ def submit_slurm(cfg: DictConfig, run_dir: Path, ds: dict | None, nproc: int, th
         print("hydratune: dry run, nothing submitted. sbatch script:\n" + script)
         if ds is not None:
             print("DeepSpeed config:\n" + json.dumps(ds, indent=2))
-        return None
+        return
     prepare_once(cfg, run_dir, 0)
     if ds is not None:
         deepspeed_config.write(ds, run_dir)
@@ -236,4 +211,3 @@ def submit_slurm(cfg: DictConfig, run_dir: Path, ds: dict | None, nproc: int, th
     if out.returncode != 0:
         raise UserError(f"sbatch refused {path}: {out.stderr.strip()}")
     log.info("%s; logs in %s", out.stdout.strip(), run_dir / "logs")
-    return None

@@ -9,7 +9,7 @@ switches the state-dict type to FULL_STATE_DICT for that one save).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from trainer.errors import UserError
 
@@ -30,7 +30,7 @@ def layer_classes(model_cfg: DictConfig, cache_dir: str) -> list[str]:
         path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
     )
     if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
-        classes = [MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]]
+        classes: list[Any] = [MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]]
     else:  # remote code: the classes its config names
         from transformers.dynamic_module_utils import get_class_from_dynamic_module
 

@@ -45,7 +45,7 @@ def set_threads(hardware: DictConfig, processes: int = 1) -> int:
     return threads
 
 
-def run(cfg: DictConfig, command: str) -> float | None:
+def run(cfg: DictConfig, command: str) -> None:
     run_dir = rundir.start(cfg, Path(cfg.output_dir), command)  # eval of a finished run: a new sub-dir of it
     device = pick_device(cfg.hardware, needs_cuda=cfg.method.quantization is not None)
     threads = set_threads(cfg.hardware)
@@ -54,8 +54,7 @@ def run(cfg: DictConfig, command: str) -> float | None:
         from trainer import commands
 
         commands.prepare(cfg, run_dir)
-        return None
+        return
     from trainer import engine
 
     (engine.evaluate_only if command == "eval" else engine.train)(cfg, run_dir, device)
-    return None

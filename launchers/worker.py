@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("launchers.worker")
 
@@ -82,6 +82,7 @@ def run(run_dir: Path, rank: int) -> None:
     )
     from trainer import engine
 
+    assert isinstance(cfg, DictConfig), f"{run_dir / 'config.yaml'} does not hold a mapping"
     engine.train(cfg, run_dir, device)
 
 

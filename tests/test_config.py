@@ -137,6 +137,8 @@ def _checked(overrides):
         (["frobnicate"], "Unknown command 'frobnicate'"),
         (["+unknown_key=1"], "Unknown config key 'unknown_key'"),
         (["eval.few_shot=-1"], "eval.few_shot=-1 is out of range"),
+        (["--cfg", "job", "+unknown_key=1"], "Unknown config key 'unknown_key'"),
+        (["--help", "method=dorra"], "There is no option 'dorra' in config group 'method'"),
     ],
 )
 def test_cli_errors_are_one_paragraph_without_traceback(args, expected, tmp_path):
@@ -163,6 +165,7 @@ def test_help_and_cfg_do_not_import_torch(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Configuration groups" in result.stdout and "OK" in result.stdout
     assert "model: smollm2_135m" not in result.stdout  # --cfg prints the config, not choices
+    assert "method: dora, full, lora, qlora\n" in result.stdout  # options only, no schema_* entries
     assert Path(REPO / "conf" / "config.yaml").exists()
 
 

@@ -55,7 +55,7 @@ def test_a_crashed_write_is_not_a_hit(tiny_tokenizer, tmp_path, data):
     cfg = cfg_for(tmp_path, data)
     key = prepare_once(cfg, tiny_tokenizer)
     entry = tmp_path / "cache" / "datasets" / key
-    (entry / "done").unlink()  # as if the process died before the entry was complete
+    (entry / "manifest.json").unlink()  # as if the process died before the entry was complete
     assert not prepare(cfg, tiny_tokenizer, None).cache_hit
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from launchers import deepspeed_config, distributed, slurm
 from tests.helpers import compose, hydratune
+from trainer.config_checks import check_config
 from trainer.errors import UserError
 from trainer.schema import hardware_schema
 from trainer.threads import usable_cores
@@ -153,7 +154,7 @@ def test_slurm_dry_run_prints_the_script(tmp_path, cache_dir):
 def test_user_errors(overrides, message):
     cfg = compose("model=tiny_random", *overrides)
     with pytest.raises(UserError, match=message.replace("?", r"\?")):
-        distributed.check(cfg)
+        check_config(cfg)
         deepspeed_config.build(cfg.hardware)
 
 

@@ -40,11 +40,9 @@ def examples_of(cfg):
 
 
 def test_recipe_ner_composes_to_the_cookbook(monkeypatch):
-    from launchers.cloud.checks import check_cloud
-
     monkeypatch.chdir(REPO)
     cfg = compose("experiment=recipe_ner")
-    check_cloud(cfg)
+    check_config(cfg)
     assert (cfg.model.name_or_path, cfg.hardware.provider, cfg.hardware.suffix) == (
         "gpt-4o-mini-2024-07-18",
         "openai",
@@ -75,8 +73,6 @@ def test_recipe_ner_composes_to_the_cookbook(monkeypatch):
 
 
 def test_clippy_composes_to_the_azure_tutorial(monkeypatch):
-    from launchers.cloud.checks import check_cloud
-
     monkeypatch.chdir(REPO)
     for var, value in (
         ("AZURE_SUBSCRIPTION_ID", "s"),
@@ -85,7 +81,7 @@ def test_clippy_composes_to_the_azure_tutorial(monkeypatch):
     ):
         monkeypatch.setenv(var, value)
     cfg = compose("experiment=clippy_azure")
-    check_cloud(cfg)
+    check_config(cfg)
     hw = cfg.hardware
     assert (cfg.model.name_or_path, hw.provider, hw.seed, hw.api_version) == (
         "gpt-4o-mini-2024-07-18",

@@ -253,3 +253,224 @@ def run_kills(tmp_path: Path, cache: Path, kills: int, harnesses: int, steps: in
 @pytest.mark.slow
 def test_twenty_sigkills_rerun_to_the_same_losses(tmp_path, cache_dir):
     run_kills(tmp_path, cache_dir, kills=20, harnesses=2, steps=60)
+
+
+# ---------------------------------------------------------------- caches: verified on load, rebuilt when damaged
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """A new file in place of ``path`` (a file that is memory-mapped somewhere must not shrink under the map)."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _truncate(path: Path) -> None:
+    _replace(path, path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _garble(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    _replace(path, bytes(data))
+
+
+def _tamper_token_ids(path: Path) -> None:
+    """Wrong token ids of the same size: what an edited or stale arrow file looks like."""
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    ids = [[(t + 1) % 512 for t in row] for row in table.column("input_ids").to_pylist()]
+    table = table.set_column(0, "input_ids", pa.array(ids, table.schema.field("input_ids").type))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    _replace(path, sink.getvalue().to_pybytes())
+
+
+DAMAGE = {
+    "train.arrow truncated": ("train.arrow", _truncate),
+    "train.arrow garbled": ("train.arrow", _garble),
+    "train.arrow token ids changed": ("train.arrow", _tamper_token_ids),
+    "examples.json edited": ("examples.json", lambda p: _replace(p, p.read_bytes().replace(b"a", b"b", 1))),
+    "stats.json deleted": ("stats.json", Path.unlink),
+    "manifest garbled": ("manifest.json", _garble),
+}
+
+
+@pytest.fixture
+def chat_cfg(tmp_path):
+    from tests.helpers import ASSETS
+
+    return compose(
+        "model=tiny_random",
+        "dataset=chat_jsonl",
+        f"dataset.path={ASSETS / 'data' / 'chat.jsonl'}",
+        "dataset.validation_size=2",
+        f"cache_dir={tmp_path / 'cache'}",
+        "train.max_length=128",
+    )
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_dataset_cache_entry_is_reported_and_rebuilt(damage, chat_cfg, tiny_tokenizer, caplog):
+    from trainer.data import prepare
+
+    first = prepare(chat_cfg, tiny_tokenizer, None)
+    ids = first.train["input_ids"]
+    entry = Path(chat_cfg.cache_dir) / "datasets" / first.cache_key
+    name, spoil = DAMAGE[damage]
+    spoil(entry / name)
+    caplog.set_level("WARNING")
+    again = prepare(chat_cfg, tiny_tokenizer, None)
+    assert not again.cache_hit
+    (line,) = [r.getMessage() for r in caplog.records if "dataset cache entry" in r.getMessage()]
+    assert first.cache_key in line and "damaged" in line and "rebuilt" in line
+    assert again.train["input_ids"] == ids  # trained on the real data, not the damaged copy
+    third = prepare(chat_cfg, tiny_tokenizer, None)
+    assert third.cache_hit and third.train["input_ids"] == ids
+    assert sorted(p.name for p in entry.parent.iterdir()) == [first.cache_key]  # nothing partial left
+
+
+def test_a_partial_entry_of_a_dead_process_is_cleaned_up(chat_cfg, tiny_tokenizer):
+    from trainer.data import prepare
+
+    folder = Path(chat_cfg.cache_dir) / "datasets"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    partial = folder / f"0123abcd.partial-{int(dead.stdout)}"
+    partial.mkdir(parents=True)
+    (partial / "train.arrow").write_bytes(b"half")
+    prepare(chat_cfg, tiny_tokenizer, None)
+    assert not partial.exists()
+
+
+@pytest.mark.parametrize("spoil", ["edited", "truncated", "not json"])
+def test_a_damaged_base_evaluation_cache_file_is_computed_again(tmp_path, caplog, spoil):
+    from trainer import evaluation
+
+    path = tmp_path / "evals" / "base-0123.json"
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"exact_match": 0.25, "eval_loss": 6.0}
+
+    assert evaluation.cached(path, compute, True) == {"exact_match": 0.25, "eval_loss": 6.0}
+    assert evaluation.cached(path, compute, True) == {"exact_match": 0.25, "eval_loss": 6.0} and len(calls) == 1
+    text = path.read_text()
+    path.write_text(
+        {"edited": text.replace("0.25", "0.99"), "truncated": text[: len(text) // 2], "not json": "garbage"}[spoil]
+    )
+    caplog.set_level("WARNING")
+    assert evaluation.cached(path, compute, True) == {"exact_match": 0.25, "eval_loss": 6.0} and len(calls) == 2
+    assert "base evaluation cache file base-0123.json is damaged" in caplog.text
+
+
+def test_two_concurrent_runs_fill_one_cache_once(tmp_path):
+    """Two `hydratune prepare` processes on one cold cache: both succeed, one entry, nothing partial."""
+    from tests.helpers import ASSETS
+
+    cache = tmp_path / "cache"
+    args = ["prepare", "model=tiny_random", "dataset=chat_jsonl", f"dataset.path={ASSETS / 'data' / 'chat.jsonl'}"]
+    args += ["dataset.validation_size=2"]
+    env = {**os.environ, "HYDRATUNE_CACHE": str(cache)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "trainer.cli", *args, f"hydra.run.dir={tmp_path / f'run{i}'}"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    entries = sorted(p.name for p in (cache / "datasets").iterdir())
+    assert len(entries) == 1 and ".partial" not in entries[0]
+    assert not [p for p in (cache / "models").iterdir() if ".partial" in p.name]
+
+
+# ---------------------------------------------------------------- bad input: one paragraph, no traceback
+
+
+def test_an_unreadable_data_file_is_one_paragraph(tmp_path, cache_dir):
+    data = tmp_path / "data.jsonl"
+    data.symlink_to("/proc/self/clear_refs")  # a real file that no process can read (EINVAL or EACCES)
+    result = hydratune("prepare", *TINY, "dataset=chat_jsonl", f"dataset.path={data}", cache=cache_dir)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"Could not read {data}" in result.stderr
+
+
+def test_a_run_dir_that_is_a_file_is_one_paragraph(tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    run_dir.write_text("not a folder")
+    result = hydratune("prepare", *TINY, f"hydra.run.dir={run_dir}", cache=cache_dir)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "a file stands where hydratune needs a folder" in result.stderr or "is a file" in result.stderr
+
+
+def test_statistics_print_as_separate_numbers():
+    from trainer.data.stats import format_stats, summary
+
+    split = {"examples": 3, "total_tokens": 10**7, "assistant_tokens": 9, "truncated": 1}
+    split |= {"messages_per_example": None, "assistant_tokens_per_example": summary([1, 2, 3])}
+    split["tokens_per_example"] = summary([1, 5825563, 17476689])
+    text = format_stats({"name": "x", "train": split, "validation": split, "skipped": 0, "max_length": 1024})
+    row = next(line for line in text.splitlines() if line.strip().startswith("tokens per example"))
+    assert row.split()[3:] == ["1", "7767417.7", "5825563.0", "1.51e+07", "17476689"]
+
+
+def test_a_huge_row_is_cut_before_tokenizing_with_the_same_ids(tiny_tokenizer, monkeypatch):
+    from trainer.data import tokenize
+
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "word " * 400_000}]}
+    seen = []
+    encoder = tokenize.Encoder(tiny_tokenizer, 128)
+    real = encoder._tokenize
+    monkeypatch.setattr(encoder, "_tokenize", lambda texts, raw: seen.extend(map(len, texts)) or real(texts, raw))
+    bounded = encoder.encode([row])
+    assert max(seen) <= tokenize.CHARS_PER_TOKEN * 128 < 2_000_000 // 10
+    monkeypatch.setattr(tokenize, "CHARS_PER_TOKEN", 10**9)
+    whole = tokenize.Encoder(tiny_tokenizer, 128).encode([row])
+    assert [list(a) for a in bounded.input_ids] == [list(a) for a in whole.input_ids]
+    assert [list(a) for a in bounded.labels] == [list(a) for a in whole.labels] and bounded.truncated == 1
+
+
+@pytest.mark.slow
+def test_a_50_mb_row_is_prepared_in_under_1_gb(tmp_path):
+    import resource
+
+    big = tmp_path / "big.jsonl"
+    words = ("alpha ", "beta ", "gamma ", "delta ")
+    with open(big, "w") as f:
+        answer = "".join(words[i % 4] for i in range(10_000_000))[:50_000_000]
+        f.write(
+            json.dumps(
+                {"messages": [{"role": "user", "content": "Summarize."}, {"role": "assistant", "content": answer}]}
+            )
+        )
+        f.write("\n")
+        for i in range(20):
+            f.write(
+                json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]})
+                + "\n"
+            )
+    assert big.stat().st_size > 50_000_000
+    code = (
+        "import resource, sys; from trainer import cli\n"
+        "try:\n    cli.main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    args = ["prepare", "model=tiny_random", "dataset=chat_jsonl", f"dataset.path={big}", "dataset.validation_size=2"]
+    env = {**os.environ, "HYDRATUNE_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    maxrss_kb = int(result.stdout.split("maxrss_kb")[-1])
+    assert maxrss_kb < 1024 * 1024, f"{maxrss_kb / 1024:.0f} MiB"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0

@@ -115,6 +115,21 @@ def open_atomic(path: Path | str, mode: str = "w", encoding: str | None = "utf-8
         raise
 
 
+@contextmanager
+def reading(path: Path | str) -> Iterator[None]:
+    """An OSError while reading ``path`` (permissions, a failing disk, a special file) becomes one paragraph."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError):
+            raise
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise UserError(
+            f"Could not read {path}: {reason}. Check the file (its permissions: `ls -l {path}`; a failing disk: "
+            "`dmesg`), or point the config at a readable copy."
+        ) from None
+
+
 def write_bytes(path: Path | str, data: bytes) -> None:
     with open_atomic(path, "wb") as f:
         f.write(data)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import NoReturn
 
 import hydra
 from omegaconf import DictConfig
@@ -48,7 +49,8 @@ def _task(cfg: DictConfig) -> float | None:
     except Exception as exc:
         exc = explain_io_error(exc, cfg.output_dir) or exc  # a full or read-only disk: one paragraph
         if rundir.in_multirun():  # one failed run of a sweep is recorded in its status.json; the others go on
-            return rundir.failed(cfg, _command, started, exc)
+            rundir.failed(cfg, _command, started, exc)
+            return None  # Optuna records a failed trial
         rundir.failed(cfg, _command, started, exc, quiet=True)
         if isinstance(exc, UserError):
             _fail(str(exc))  # SystemExit passes through Hydra's job runner without its "Error executing job" line
@@ -73,6 +75,15 @@ def main(argv: list[str] | None = None) -> None:
         return _hosting(_command, args)
     args = [_pass_through(arg) for arg in args]
     schema.register()
+    if "--help" in args or "-h" in args:
+        return _help(_overrides(args))
+    if "--cfg" in args or "-c" in args:  # Hydra prints the config and runs nothing: refuse what a run would refuse
+        from trainer.config_checks import check_config
+
+        try:
+            check_config(_compose(_overrides(args)))
+        except UserError as exc:
+            _fail(str(exc))
     # Hydra prints composition errors with a hint to set HYDRA_FULL_ERROR; we catch them ourselves instead and
     # print one paragraph that names the key and the allowed values.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
@@ -111,6 +122,55 @@ def _pass_through(arg: str) -> str:
     if arg.startswith(_PASS_THROUGH) and "=" in arg:
         return "++" + arg
     return arg
+
+
+def _help(overrides: list[str]) -> None:
+    """``hydratune --help``: the groups and their options, then the config these overrides compose. Hydra's own
+    help deep-copies its config repository once per listed group (most of 4 s here); this composes once."""
+    from importlib import resources
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    conf = resources.files("conf")
+    groups = sorted(d.name for d in conf.iterdir() if d.is_dir() and d.name not in ("hydra", "__pycache__"))
+    listing = "\n".join(
+        f"{group}: {', '.join(sorted(f.name[:-5] for f in (conf / group).iterdir() if f.name.endswith('.yaml')))}"
+        for group in groups
+    )
+    cfg = _compose(overrides)
+    listing += "\n"  # as Hydra's page
+    text = yaml.safe_load((conf / "hydra" / "help" / "hydratune.yaml").read_text())
+    page = text["template"].replace("${hydra.help.header}", text["header"])
+    page = page.replace("${hydra.help.footer}", text["footer"]).replace("$APP_CONFIG_GROUPS", listing)
+    sys.stdout.write(page.replace("$CONFIG", OmegaConf.to_yaml(cfg)) + "\n")
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    """The config these overrides compose, outside a run (composition errors become one paragraph)."""
+    from hydra import compose, initialize_config_module
+
+    try:
+        with initialize_config_module("conf", version_base="1.3"):
+            return compose("config", overrides=overrides)
+    except Exception as exc:  # noqa: BLE001 - composition errors become one paragraph, as for a run
+        if not _is_composition_error(exc):
+            raise
+        _fail(explain_composition_error(exc))
+
+
+def _overrides(args: list[str]) -> list[str]:
+    """The overrides among Hydra's command-line flags (``--cfg job``, ``-p PACKAGE``, ``--resolve`` ...)."""
+    flags_with_value = ("--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp")
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = arg in flags_with_value
+        else:
+            out.append(arg)
+    return out
 
 
 def _job(word: str, args: list[str]) -> None:
@@ -175,7 +235,7 @@ def _sweep_failures() -> None:
         raise SystemExit(1)
 
 
-def _interrupted(run_dir: str | None) -> None:
+def _interrupted(run_dir: str | None) -> NoReturn:
     where = f" {run_dir}/status.json says 'interrupted';" if run_dir else ""
     sys.stderr.write(
         f"hydratune: interrupted.{where} run the same command again to resume from the last complete checkpoint.\n"
@@ -183,7 +243,7 @@ def _interrupted(run_dir: str | None) -> None:
     raise SystemExit(130)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     sys.stderr.write(f"hydratune: error: {message}\n")
     raise SystemExit(2)
 

@@ -1,16 +1,22 @@
-"""Checks on a composed config that a dataclass cannot express: choices, pass-through library arguments and
-impossible combinations. Runs before anything heavy is imported; every failure is one UserError paragraph."""
+"""check_config: every rule a composed config must pass, in one place, at one moment (``--cfg job``, ``prepare`` and
+``train`` refuse the same mistakes before anything heavy is imported). Each failure is one UserError paragraph.
+
+The rules: unknown keys and value ranges (walked against the schema dataclasses), choices, pass-through library
+arguments, combinations across groups, the distributed and provider rules, and last the rules that need the
+hardware launcher's own code (a provider's limits, FSDP's), which its module contributes as ``check(cfg)``."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from trainer.errors import UserError, choice_error, closest
 from trainer.library_args import check_args
-from trainer.schema import is_cloud
+from trainer.plain import plain_dict
+from trainer.schema import DistributedHardwareSchema, hardware_schema, is_cloud
 
 CHOICES = {
     "model.source": {"hf", "gguf_wheel", "tiny_random", "provider"},
@@ -26,6 +32,19 @@ CHOICES = {
     "serve.device": {"auto", "cpu", "cuda"},
     "serve.dtype": {"auto", "float32", "bfloat16", "float16"},
     "export.dtype": {"auto", "float32", "bfloat16", "float16"},
+}
+DISTRIBUTED_CHOICES = {
+    "hardware.launcher": {"torchrun", "deepspeed", "accelerate"},
+    "hardware.submit": {"local", "slurm"},
+}
+CLOUD_CHOICES = {
+    "hardware.objective": {"supervised", "dpo"},
+    "hardware.on_interrupt": {"detach", "cancel"},
+}
+PROVIDER_MODELS = {
+    "openai": "model=gpt_4o_mini, gpt_4_1_mini, gpt_4o or gpt_4_1",
+    "azure_openai": "model=gpt_4o_mini, gpt_4_1_mini, gpt_4o or gpt_4_1",
+    "together": "model=together_llama3_1_8b_instruct, together_llama3_2_3b_instruct or together_qwen2_5_7b_instruct",
 }
 
 
@@ -52,23 +71,35 @@ LIBRARY_RANGES: dict[str, tuple[float, float | None]] = {
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Every rule a composed config must pass, in one place: unknown keys (``+key=...`` included), value ranges,
-    choices, library arguments, then combinations across groups. The CLI runs it before anything heavy loads."""
+    """Every rule a composed config must pass (see the module's docstring); the first broken one raises."""
     check_schema(cfg)
-    for key, allowed in CHOICES.items():
+    kind = hardware_schema(cfg)
+    choices = dict(CHOICES)
+    if issubclass(kind, DistributedHardwareSchema):
+        choices |= DISTRIBUTED_CHOICES
+    if is_cloud(cfg):
+        choices |= CLOUD_CHOICES
+    for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise choice_error(key, value, allowed)
-    check_args("train", OmegaConf.to_container(cfg.train, resolve=True))
+    check_args("train", plain_dict(cfg.train))
     for node in ("peft", "quantization"):
         value = cfg.method[node]
         if value is not None:
-            check_args(f"method.{node}", OmegaConf.to_container(value, resolve=True))
+            check_args(f"method.{node}", plain_dict(value))
     _check_combinations(cfg)
+    if issubclass(kind, DistributedHardwareSchema):
+        _check_distributed(cfg)
+    if is_cloud(cfg):
+        _check_cloud(cfg)
     if cfg.eval.enabled:
         from trainer.endpoint_eval import configured
 
         configured(cfg.eval)  # every compared endpoint has a name, base_url, model, and its key variable is set
+    launcher_rules = getattr(importlib.import_module(kind.runner), "check", None)
+    if launcher_rules is not None:
+        launcher_rules(cfg)
 
 
 def _check_combinations(cfg: DictConfig) -> None:
@@ -76,7 +107,7 @@ def _check_combinations(cfg: DictConfig) -> None:
     if not cloud and cfg.model.source == "provider":
         raise UserError(
             f"model.name_or_path={cfg.model.name_or_path} is a provider model: it only trains through its provider's "
-            f"API, but hardware={hw.name} trains locally. Use hardware=openai or hardware=azure_openai, or pick a "
+            f"API, but hardware={hw.name} trains locally. Use hardware=openai, azure_openai or together, or pick a "
             "local model (model=smollm2_135m, model=hf model.name_or_path=...)."
         )
     if method.quantization is not None and not cloud and hw.device == "cpu":
@@ -117,7 +148,7 @@ def _walk(node: Any, key: str) -> None:
     prefix = f"{key}." if key else ""
     for name in node.keys():
         if name not in fields:
-            raise _unknown_key(f"{prefix}{name}", str(name), list(fields), schema)
+            raise _unknown_key(f"{prefix}{name!s}", str(name), list(fields), schema)
     for name, spec in fields.items():
         if OmegaConf.is_missing(node, name):
             continue
@@ -148,3 +179,58 @@ def _unknown_key(key: str, name: str, known: list[str], schema: type) -> UserErr
         f"Known keys there: {', '.join(sorted(known))}. Check the spelling (a key added with + must still be one "
         "the schema in trainer/schema.py declares)."
     )
+
+
+def _check_distributed(cfg: DictConfig) -> None:
+    hw, method = cfg.hardware, cfg.method
+    if hw.launcher == "deepspeed" and hw.zero_stage == 0 and not hw.deepspeed_config:
+        raise UserError(
+            "hardware.launcher=deepspeed with hardware.zero_stage=0 and no hardware.deepspeed_config: there is no "
+            "DeepSpeed config to run. Use hardware=ddp for plain data parallel, or a deepspeed_zero* option."
+        )
+    if method.merge_adapter and hw.zero_stage == 3:
+        raise UserError(
+            "method.merge_adapter=true cannot merge under ZeRO-3 (each rank holds only a shard of the base weights). "
+            "Train with merge_adapter=false, then merge the saved adapter in one process: "
+            "peft.AutoPeftModelForCausalLM.from_pretrained('<run dir>/model').merge_and_unload().save_pretrained(...)."
+        )
+    if method.quantization is not None and hw.zero_stage == 3:
+        raise UserError(
+            f"method={method.name} (4-bit base weights) does not combine with ZeRO-3 parameter sharding here. "
+            "Use hardware=ddp or hardware=deepspeed_zero2 with QLoRA, or method=lora with ZeRO-3."
+        )
+
+
+def _check_cloud(cfg: DictConfig) -> None:
+    hw, model, method = cfg.hardware, cfg.model, cfg.method
+    if model.source != "provider":
+        raise UserError(
+            f"hardware={hw.name} fine-tunes a model at the provider, but model.source={model.source} "
+            f"({model.name_or_path}) is a local model. Pick a provider model: "
+            f"{PROVIDER_MODELS.get(hw.provider, PROVIDER_MODELS['openai'])}."
+        )
+    if not model.encoding:
+        raise UserError(
+            f"model.encoding is not set for {model.name_or_path}: hydratune needs the tiktoken encoding "
+            "to count and price tokens (o200k_base for gpt-4o / gpt-4.1, cl100k_base for gpt-3.5-turbo)."
+        )
+    if method.quantization is not None or method.name in ("qlora", "dora") or method.merge_adapter:
+        raise UserError(
+            f"method={method.name} is a local-only choice (adapters, quantization and merging happen on "
+            f"your own GPU) and hardware={hw.name} trains at the provider. The provider trains its own way: it "
+            "supports hardware.objective=supervised or dpo and the hyperparameters hardware.n_epochs, batch_size, "
+            "learning_rate_multiplier (a number or auto), seed and suffix. Leave method at its default (lora, "
+            "ignored here) or pick a local hardware option."
+        )
+    fmt = cfg.dataset.format
+    if fmt == "text":
+        raise UserError(
+            f"dataset.format=text (raw text for continued pretraining) cannot be sent to a chat "
+            f"fine-tuning API (hardware={hw.name}). Use a chat, alpaca, sharegpt, prompt_completion or "
+            "template dataset."
+        )
+    if hw.objective == "dpo" and fmt != "preference":
+        raise UserError(
+            f"hardware.objective=dpo needs preference pairs (dataset.format=preference with prompt, "
+            f"chosen, rejected), but dataset.format={fmt}. Use hardware.objective=supervised for it."
+        )

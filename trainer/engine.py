@@ -12,10 +12,11 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from trainer import cost, data, endpoint_eval, evaluation, loggers, models, report, secrets
 from trainer.errors import UserError
+from trainer.plain import plain_dict
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def sft_config(cfg: DictConfig, run_dir: Path, device: str):
     """trl.SFTConfig from ``train`` plus what the run decides: output dir, seed, device, loggers."""
     from trl import SFTConfig
 
-    args = OmegaConf.to_container(cfg.train, resolve=True)
+    args = plain_dict(cfg.train)
     args.update(
         output_dir=str(run_dir / "checkpoints"),
         seed=cfg.seed,

@@ -65,7 +65,7 @@ def explain_composition_error(exc: BaseException) -> str:
     if isinstance(cause, ValidationError):
         return (
             f"Wrong type for config key '{cause.full_key}': got {cause.value!r}. "
-            f"{_first_line(cause.msg)} Fix the value in your YAML file or override."
+            f"{_first_line(cause.msg or '')} Fix the value in your YAML file or override."
         )
     if isinstance(cause, MissingMandatoryValue):
         return f"Config key '{cause.full_key}' is required and has no value. Set it, e.g. `{cause.full_key}=...`."

@@ -15,8 +15,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from trainer.plain import build, plain_dict
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,9 @@ def with_demonstrations(query: Query, demos: list[Query]) -> Query:
         shots = "".join(f"{d.prompt}{d.reference}\n\n" for d in demos if isinstance(d.prompt, str))
         return Query(shots + query.prompt, query.reference)
     system = [m for m in query.prompt[:1] if m["role"] == "system"]
-    turns = []
+    turns: list[dict] = []
     for demo in demos:
+        assert not isinstance(demo.prompt, str), "chat and plain-text demonstrations are not mixed"
         turns += [m for m in demo.prompt if m["role"] != "system"] + [{"role": "assistant", "content": demo.reference}]
     return Query(system + turns + query.prompt[len(system) :], query.reference)
 
@@ -78,7 +80,7 @@ def generate(model, tokenizer, prompts: list[str], eval_cfg: DictConfig, desc: s
     import torch
     from tqdm.auto import tqdm
 
-    gen = OmegaConf.to_container(eval_cfg.generation, resolve=True)
+    gen = plain_dict(eval_cfg.generation)
     if not gen["do_sample"]:
         gen.pop("temperature")
         gen.pop("top_p")
@@ -147,7 +149,7 @@ def scores(
         "answer_tokens": answer_tokens,
         "scores": {},
     }
-    for metric in (instantiate(m) for m in metric_cfgs):
+    for metric in (build(m) for m in metric_cfgs):
         values = [float(metric(p, q.reference)) for p, q in zip(predictions, qs, strict=True)]
         per_example["scores"][metric.name] = values
         result[metric.name] = sum(values) / len(values)
@@ -165,7 +167,7 @@ def scores(
 
 def base_cache_file(cfg: DictConfig, model_path: str, qs: list[Query], dataset_key: str, label: str) -> Path:
     """Where the base model's results for this (model, data, eval settings) are cached across runs and sweeps."""
-    settings = OmegaConf.to_container(cfg.eval, resolve=True)
+    settings = plain_dict(cfg.eval)
     # other columns, prices and report-only settings: the base model's answers do not change
     for other in ("endpoint", "compare_models", "cost"):
         settings.pop(other, None)
@@ -184,14 +186,16 @@ def base_cache_file(cfg: DictConfig, model_path: str, qs: list[Query], dataset_k
 
 
 def cached(path: Path, compute, enabled: bool) -> dict:
-    """Load ``path`` when it exists (and caching is enabled), else compute and store it atomically."""
+    """Load ``path`` when it exists (and caching is enabled) and passes its hash check, else compute and store it
+    atomically with its hash (trainer.data.cache.save_json)."""
+    from trainer.data import cache
+
     if enabled and path.exists():
-        log.info("base evaluation cache hit: %s", path.name)
-        return json.loads(path.read_text())
+        result = cache.load_json(path, "base evaluation")
+        if result is not None:
+            log.info("base evaluation cache hit: %s", path.name)
+            return result
     result = compute()
     if enabled:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".partial")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(path)
+        cache.save_json(path, result)
     return result

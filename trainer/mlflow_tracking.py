@@ -22,6 +22,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers import TrainerCallback
@@ -145,13 +146,15 @@ class MlflowLogger(TrainerCallback):
 
     def __init__(self, logger_cfg: DictConfig, run_dir: Path) -> None:
         self.cfg, self.run_dir = logger_cfg, run_dir
-        self.client = self.run_id = None
+        self.client: Any = None
+        self.run_id: str | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or self.run_id is not None:
             return
         self.client, self.run_id = start_run(self.cfg, self.run_dir, args.run_name or self.run_dir.name)
         config = OmegaConf.to_container(OmegaConf.load(self.run_dir / "config.yaml"), resolve=False)
+        assert isinstance(config, dict)
         self._batch(params=flat_params(config))
 
     def on_log(self, args, state, control, logs=None, **kwargs):

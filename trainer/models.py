@@ -14,10 +14,12 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from trainer.errors import UserError
+from trainer.plain import build, plain_dict
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +228,6 @@ def torch_dtype(name: str):
 def load_model(model_cfg: DictConfig, method_cfg: DictConfig, path: str, tokenizer, device: str, dtype: str):
     """The base model on ``device`` in ``dtype`` (see :func:`resolve_dtype`), quantized when the method asks for it,
     embeddings grown for new tokens."""
-    from hydra.utils import instantiate
     from transformers import AutoModelForCausalLM
 
     kwargs = {
@@ -237,9 +238,9 @@ def load_model(model_cfg: DictConfig, method_cfg: DictConfig, path: str, tokeniz
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     if method_cfg.quantization is not None:
-        kwargs["quantization_config"] = instantiate(method_cfg.quantization)
+        kwargs["quantization_config"] = build(method_cfg.quantization)
         kwargs["device_map"] = {"": 0}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     if model.generation_config is not None:
@@ -251,11 +252,9 @@ def load_model(model_cfg: DictConfig, method_cfg: DictConfig, path: str, tokeniz
 
 def peft_config(method_cfg: DictConfig, added_tokens: int):
     """peft.LoraConfig from ``method.peft``; trains the embeddings too when the tokenizer got new tokens."""
-    from hydra.utils import instantiate
-
     if method_cfg.peft is None:
         return None
-    args = OmegaConf.to_container(method_cfg.peft, resolve=True)
+    args = plain_dict(method_cfg.peft)
     if added_tokens and not args.get("modules_to_save"):
         args["modules_to_save"] = ["embed_tokens", "lm_head"]
-    return instantiate(args)
+    return build(args)

@@ -14,6 +14,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -272,7 +273,7 @@ def task_overrides() -> list[str]:
 def objective(results: dict, metric: str = "finetuned.eval_loss") -> float | None:
     """The number a sweep optimizes: ``metric`` (a dotted path such as ``finetuned.exact_match``) in the
     results, or None when the run has no such number."""
-    value = results
+    value: Any = results
     for part in metric.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -106,9 +106,8 @@ def threads_per_job(n_jobs: int, cores: int) -> int:
 
 def read_runs(sweep_dir: Path, metric: str) -> list[Run]:
     """Every run dir of the sweep (a sub-folder with status.json or overrides.json), in job order."""
-    folders = {p.parent for name in ("status.json", "overrides.json") for p in Path(sweep_dir).glob(f"*/{name}")}
-    folders = list(folders)
-    folders.sort(key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    found = {p.parent for name in ("status.json", "overrides.json") for p in Path(sweep_dir).glob(f"*/{name}")}
+    folders = sorted(found, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
     return [read_run(folder, metric) for folder in folders]
 
 
@@ -154,7 +153,7 @@ def _split(override: str) -> tuple[str, str]:
 def sort_runs(runs: list[Run], direction: str) -> list[Run]:
     """Runs with an objective first, best first; then the rest (failed, incomplete) in job order."""
     sign = -1.0 if direction == "maximize" else 1.0
-    scored = sorted((r for r in runs if r.objective is not None), key=lambda r: sign * r.objective)
+    scored = sorted((r for r in runs if r.objective is not None), key=lambda r: sign * (r.objective or 0.0))
     return scored + [r for r in runs if r.objective is None]
 
 
@@ -257,8 +256,8 @@ def plot_objective(runs: list[Run], keys: list[str], metric: str, path: Path) ->
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), dpi=110, squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         values = [r.name if key == "run" else r.overrides.get(key, "") for r in scored]
-        numbers = [_float(v) for v in values]
-        if all(n is not None for n in numbers):
+        numbers = [n for n in (_float(v) for v in values) if n is not None]
+        if len(numbers) == len(values):
             ax.scatter(numbers, [r.objective for r in scored])
             if min(numbers) > 0 and max(numbers) / min(numbers) >= 10:
                 ax.set_xscale("log")

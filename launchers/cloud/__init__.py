@@ -8,7 +8,8 @@ hydratune job-status hydra.run.dir=DIR                  # also job-attach, job-c
 
 from __future__ import annotations
 
+from launchers.cloud.checks import check
 from launchers.cloud.job_cli import job_command, job_main
 from launchers.cloud.training import run
 
-__all__ = ["job_command", "job_main", "run"]
+__all__ = ["check", "job_command", "job_main", "run"]

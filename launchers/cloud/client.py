@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from trainer.errors import UserError
 
@@ -56,7 +56,7 @@ def transient(exc: BaseException) -> tuple[bool, str | None]:
     if isinstance(exc, connection):
         return True, None
     if isinstance(exc, status_errors):
-        err: Any = exc
+        err: Any = exc  # an SDK's APIStatusError (openai or together: the classes are found at run time)
         status = err.status_code
         headers = err.response.headers
         retry_after = headers.get("retry-after")
@@ -113,7 +113,8 @@ def user_errors(run_dir: object, retries: int) -> Iterator[None]:
     except Exception as exc:
         _, status_errors, api_errors = sdk_errors()
         if isinstance(exc, status_errors):
-            if cast(Any, exc).status_code >= 500 or exc.status_code in RETRY_STATUS:
+            code = getattr(exc, "status_code", 0)
+            if code >= 500 or code in RETRY_STATUS:
                 raise _kept_failing(exc, run_dir, retries) from None
             raise api_error(exc, "the request") from None
         if isinstance(exc, api_errors):

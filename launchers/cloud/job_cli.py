@@ -20,6 +20,7 @@ from launchers.cloud.retrying import Retry
 from launchers.cloud.state import FILE_NAME, State
 from trainer.errors import UserError
 from trainer.rundir import REDACTED
+from trainer.schema import CloudHardwareSchema
 
 ACTIONS = ("status", "attach", "cancel")
 
@@ -38,6 +39,7 @@ def load_run_config(run_dir: Path) -> Any:
     if not (run_dir / FILE_NAME).is_file() or not saved.is_file():
         raise UserError(f"{run_dir} holds no provider run ({FILE_NAME} or config.yaml is missing).")
     cfg = OmegaConf.load(saved)
+    cfg.hardware = OmegaConf.merge(OmegaConf.structured(CloudHardwareSchema), cfg.hardware)  # typed, as composed
     hw = cfg.hardware
     if hw.api_key == REDACTED:
         hw.api_key = None  # the SDK reads OPENAI_API_KEY / AZURE_OPENAI_API_KEY
@@ -47,13 +49,13 @@ def load_run_config(run_dir: Path) -> Any:
     return cfg
 
 
-def job_command(cfg: Any, action: str) -> dict[str, Any] | float | None:
+def job_command(cfg: Any, action: str) -> dict[str, Any] | None:
     """status: print the recorded job's state; attach: follow it to the end (and evaluate); cancel: cancel it."""
     with user_errors(cfg.output_dir, cfg.hardware.max_retries):
         return _job_command(cfg, action)
 
 
-def _job_command(cfg: Any, action: str) -> dict[str, Any] | float | None:
+def _job_command(cfg: Any, action: str) -> dict[str, Any] | None:
     if action not in ACTIONS:
         raise UserError(f"Unknown job action '{action}'. Actions: {', '.join(ACTIONS)}.")
     run_dir = Path(cfg.output_dir)
@@ -66,7 +68,8 @@ def _job_command(cfg: Any, action: str) -> dict[str, Any] | float | None:
         else:
             from launchers.cloud.training import run
 
-            return run(cfg, "train")
+            run(cfg, "train")
+            return None
     provider, retry = provider_api.get(cfg.hardware), Retry.from_hw(cfg.hardware)
     job_id = state.job["id"]
     if action == "cancel":

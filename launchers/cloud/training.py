@@ -8,7 +8,6 @@ from typing import Any
 
 from launchers.cloud import jobs, uploads
 from launchers.cloud import provider as provider_api
-from launchers.cloud.checks import check_cloud
 from launchers.cloud.client import user_errors
 from launchers.cloud.prepare import Prepared, prepare
 from launchers.cloud.provider import Job, Provider
@@ -20,13 +19,12 @@ from trainer.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def run(cfg: Any, command: str) -> float | None:
+def run(cfg: Any, command: str) -> None:
     with user_errors(cfg.output_dir, cfg.hardware.max_retries):
-        return _run(cfg, command)
+        _run(cfg, command)
 
 
-def _run(cfg: Any, command: str) -> float | None:
-    check_cloud(cfg)
+def _run(cfg: Any, command: str) -> None:
     from trainer import rundir
 
     run_dir = Path(cfg.output_dir)
@@ -34,7 +32,7 @@ def _run(cfg: Any, command: str) -> float | None:
     run_dir = rundir.start(cfg, run_dir, command, carry=(STATE_FILE,))  # eval of a finished run: a sub-dir
     prepared = prepare(cfg, run_dir)
     if command == "prepare":
-        return None
+        return
     provider, retry, state = provider_api.get(cfg.hardware), Retry.from_hw(cfg.hardware), State(run_dir)
     events = jobs.EventLog(run_dir, metrics_log=cfg.logger.name != "none")
     if cfg.logger.name in ("tensorboard", "wandb"):
@@ -46,7 +44,7 @@ def _run(cfg: Any, command: str) -> float | None:
     else:
         state.save()  # the run id exists before anything is uploaded
         job = train(cfg, provider, state, retry, prepared, events)
-    return finish(cfg, provider, state, retry, prepared, job, events, run_dir)
+    finish(cfg, provider, state, retry, prepared, job, events, run_dir)
 
 
 def train(cfg: Any, provider: Provider, state: State, retry: Retry, prepared: Prepared, events: jobs.EventLog) -> Job:
@@ -76,7 +74,11 @@ def start_job(
 ) -> str:
     train_id = uploads.upload(provider, state, retry, prepared.train_path, "train", prepared.train_sha256)
     val_id = None
-    if prepared.validation_path is not None and provider.wants_validation(cfg):
+    if (
+        prepared.validation_path is not None
+        and prepared.validation_sha256 is not None
+        and provider.wants_validation(cfg)
+    ):
         val_id = uploads.upload(
             provider, state, retry, prepared.validation_path, "validation", prepared.validation_sha256
         )
@@ -105,7 +107,8 @@ def finish(
     job: Job,
     events: jobs.EventLog,
     run_dir: Path,
-) -> float | None:
+) -> None:
+    """Evaluate, write metrics.json and the report (the CLI reads the configured objective from metrics.json)."""
     history = events.history()
     result = provider.fetch_result(cfg, state, retry, job, run_dir)
     metrics: dict[str, Any] = {
@@ -128,11 +131,11 @@ def finish(
 
         metrics.update(local_eval.evaluate(cfg, run_dir, run_dir / result["weights"]))
     elif cfg.eval.enabled:
-        metrics.update(evaluate_all(cfg, provider, state, retry, prepared, job.fine_tuned_model, run_dir))
+        tuned = job.fine_tuned_model
+        assert tuned is not None, f"job {job.id} succeeded without a fine-tuned model name"
+        metrics.update(evaluate_all(cfg, provider, state, retry, prepared, tuned, run_dir))
     write_report(run_dir, metrics, history, f"{cfg.run_name}: {job.model} fine-tuned at {cfg.hardware.provider}")
     state.update_job(reported=True)
-    eval_loss = metrics["job"]["final"].get("eval_loss")
-    return float(eval_loss) if eval_loss is not None else None
 
 
 def _final(history: list[dict[str, Any]]) -> dict[str, Any]:

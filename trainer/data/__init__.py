@@ -198,10 +198,11 @@ def prepare(cfg: DictConfig, tokenizer, run_dir: Path | None) -> Prepared:
     run_dir = Path(run_dir) if run_dir is not None else None
     key = cache.cache_key(cfg.dataset, tokenizer, settings)
     folder = Path(cfg.cache_dir) / "datasets" / key
-    hit = bool(cfg.dataset.use_cache) and cache.exists(folder)
     started = time.perf_counter()
-    if hit:
-        train, validation, examples, stats = cache.load(folder)
+    loaded = cache.load_verified(folder) if cfg.dataset.use_cache and cache.exists(folder) else None
+    hit = loaded is not None
+    if loaded is not None:
+        train, validation, examples, stats = loaded
         log.info("dataset cache hit %s", key)
     else:
         log.info("dataset cache miss %s", key)

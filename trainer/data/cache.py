@@ -4,21 +4,31 @@ The key is a sha256 over the contents of every data file (a hub dataset contribu
 fingerprint ``datasets`` gives it), the tokenizer (its full definition, chat template and special tokens), the
 dataset config (format, columns, roles, templates, weights, split settings, train_on_all_tokens), max_length and
 the packing settings. Entries are written to a temporary folder and renamed into place, so a crash or a
-concurrent writer never leaves a half-written entry.
+concurrent writer never leaves a half-written entry; each carries a manifest (size and sha256 of every file),
+checked on every load: a truncated, garbled, edited or incomplete entry is reported in one line and rebuilt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-#: Bump when the tokenized layout changes, so old entries are not reused.
-VERSION = 1
+from trainer import atomic
+from trainer.atomic import clean_partials
+from trainer.plain import plain_dict
+
+log = logging.getLogger(__name__)
+
+#: Bump when the tokenized layout changes, so old entries are not reused (2: entries carry a manifest).
+VERSION = 2
+MANIFEST = "manifest.json"
+FILES = ("train.arrow", "validation.arrow", "examples.json", "stats.json")
 _IGNORED_KEYS = {"name", "use_cache", "path", "validation_path"}
 
 
@@ -26,7 +36,7 @@ def _hash_path(h, path: str, split: str | None) -> None:
     p = Path(path).expanduser()
     if p.is_file():
         h.update(b"file\0")
-        with open(p, "rb") as f:
+        with atomic.reading(p), open(p, "rb") as f:
             while chunk := f.read(1 << 22):
                 h.update(chunk)
     elif p.is_dir():
@@ -54,7 +64,7 @@ def _hash_tokenizer(h, tokenizer) -> None:
 def cache_key(dataset_cfg: DictConfig, tokenizer, settings: dict) -> str:
     import tokenizers
 
-    cfg = OmegaConf.to_container(dataset_cfg, resolve=True)
+    cfg = plain_dict(dataset_cfg)
     h = hashlib.sha256(f"hydratune-data-v{VERSION}\0tokenizers-{tokenizers.__version__}\0".encode())
     for source in [cfg, *cfg.get("mix", [])]:
         _hash_path(h, source["path"], source.get("split"))
@@ -68,28 +78,96 @@ def cache_key(dataset_cfg: DictConfig, tokenizer, settings: dict) -> str:
 
 
 def exists(folder: Path) -> bool:
-    return (folder / "done").is_file()
+    return (folder / MANIFEST).is_file()
+
+
+class Damaged(Exception):
+    """A cache entry that fails its manifest check (truncated, garbled, tampered with, or files missing)."""
 
 
 def save(folder: Path, train, validation, examples, stats: dict) -> None:
+    """Write the entry into a temporary folder of this process, with a manifest (size and sha256 of every
+    file), then rename it into place: readers see a complete entry or none, and the first of several concurrent
+    writers wins (their entries are identical)."""
+    clean_partials(folder.parent)
     tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, ds in (("train", train), ("validation", validation)):
-        _write_arrow(tmp / f"{name}.arrow", ds)
-    payload = {
-        "train": examples.train,
-        "validation": examples.validation,
-        "skipped": examples.skipped,
-        "warnings": examples.warnings,
-    }
-    (tmp / "examples.json").write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
-    (tmp / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
-    (tmp / "done").write_text("ok\n")
+    try:
+        tmp.mkdir(parents=True)
+        for name, ds in (("train", train), ("validation", validation)):
+            _write_arrow(tmp / f"{name}.arrow", ds)
+        payload = {
+            "train": examples.train,
+            "validation": examples.validation,
+            "skipped": examples.skipped,
+            "warnings": examples.warnings,
+        }
+        (tmp / "examples.json").write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
+        manifest = {name: _describe(tmp / name) for name in FILES}
+        atomic.write_json(tmp / MANIFEST, {"version": VERSION, "files": manifest})
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if atomic.is_disk_error(exc):
+            raise atomic.disk_error(exc, getattr(exc, "filename", None) or tmp) from None
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         tmp.rename(folder)
     except OSError:  # another process finished first: its entry is identical
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _describe(path: Path) -> dict:
+    return {"size": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(folder: Path) -> None:
+    """Raise :class:`Damaged` naming the first file whose size or content differs from the manifest."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise Damaged(f"{MANIFEST} unreadable ({exc.__class__.__name__})") from None
+    for name in FILES:
+        path, want = folder / name, manifest.get(name) or {}
+        if not path.is_file():
+            raise Damaged(f"{name} is missing")
+        size = path.stat().st_size
+        if size != want.get("size"):
+            raise Damaged(f"{name} has {size} bytes, the manifest says {want.get('size')}")
+        if _sha256(path) != want.get("sha256"):
+            raise Damaged(f"{name} content differs from its manifest hash (edited or garbled)")
+
+
+def load_verified(folder: Path):
+    """The entry's (train, validation, examples, stats) after checking it against its manifest, or None when it
+    is damaged: then one warning line says what is wrong, and the entry is removed so that it is rebuilt."""
+    try:
+        verify(folder)
+        return load(folder)
+    except (Damaged, OSError, ValueError) as exc:
+        log.warning("dataset cache entry %s is damaged (%s): not used, rebuilt", folder.name, exc)
+        discard(folder)
+        return None
+
+
+def discard(folder: Path) -> None:
+    trash = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    try:
+        folder.rename(trash)  # atomically out of readers' sight, then removed
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _write_arrow(path: Path, dataset) -> None:
@@ -113,3 +191,32 @@ def load(folder: Path):
     payload = json.loads((folder / "examples.json").read_text(encoding="utf-8"))
     stats = json.loads((folder / "stats.json").read_text(encoding="utf-8"))
     return train, validation, Examples(**payload), stats
+
+
+# ---------------------------------------------------------------- single-file entries (base evaluations)
+
+
+def save_json(path: Path, value) -> None:
+    """A JSON cache file that carries its own size and sha256 (of the canonical text of ``value``)."""
+    text = json.dumps(value, sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    clean_partials(path.parent)
+    atomic.write_text(path, json.dumps({"size": len(text.encode()), "sha256": digest, "value": value}) + "\n")
+
+
+def load_json(path: Path, what: str):
+    """The value saved by :func:`save_json`, or None (with one warning line, the file removed) when the file is
+    truncated, garbled or edited."""
+    try:
+        record = json.loads(path.read_text())
+        text = json.dumps(record["value"], sort_keys=True)
+        ok = len(text.encode()) == record["size"] and hashlib.sha256(text.encode()).hexdigest() == record["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        ok, reason = False, f"unreadable: {exc.__class__.__name__}"
+    else:
+        reason = "its content differs from its recorded hash (edited or garbled)"
+    if ok:
+        return record["value"]
+    log.warning("%s cache file %s is damaged (%s): not used, computed again", what, path.name, reason)
+    path.unlink(missing_ok=True)
+    return None

@@ -160,7 +160,7 @@ def _chat(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
             raise Invalid(*problems)
         return out
 
-    normalise.messages = messages  # reused by the preference format
+    normalise.messages = messages  # type: ignore[attr-defined]  # reused by the preference format
     return normalise
 
 
@@ -267,7 +267,7 @@ def template_fields(template: str, where: str) -> list[str]:
 
 
 def _template(templates: Mapping, ignored: Counter) -> Normaliser:
-    parts = [(role, templates.get(role)) for role in ROLES if templates.get(role)]
+    parts: list[tuple[str, str]] = [(role, str(templates[role])) for role in ROLES if templates.get(role)]
     if not any(role == "assistant" for role, _ in parts) or not any(role == "user" for role, _ in parts):
         raise UserError(
             "format=template needs dataset.templates.user and dataset.templates.assistant "
@@ -326,7 +326,7 @@ def _preference(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
             return [{"role": role, "content": value}]
         if value is None:
             raise Invalid(f"no '{columns[field]}' field (keys: {_keys(row)})")
-        return chat.messages(value, columns[field], need_assistant)
+        return chat.messages(value, columns[field], need_assistant)  # type: ignore[attr-defined]
 
     def normalise(row: Any) -> dict:
         row = _object(row)

@@ -66,7 +66,10 @@ def read_records(path: str, split: str | None = None) -> Iterator[Record]:
 
 
 def file_bytes(path: Path) -> bytes:
-    data = path.read_bytes()
+    from trainer.atomic import reading
+
+    with reading(path):
+        data = path.read_bytes()
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise UserError(f"{path}:1: the file is UTF-16 encoded. Save it as UTF-8 (most editors: 'Save with encoding').")
     return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
@@ -86,8 +89,8 @@ def _read_jsonl(path: Path, data: bytes) -> Iterator[Record]:
         text = data.decode("utf-8")  # the whole file at once; per line only when some line is not UTF-8
     except UnicodeDecodeError:
         text = None
-    lines = text.split("\n") if text is not None else data.split(b"\n")
-    blank = " \t\n\r\x0b\x0c" if text is not None else b" \t\n\r\x0b\x0c"  # what bytes.strip() strips
+    lines: list[Any] = text.split("\n") if text is not None else data.split(b"\n")
+    blank: Any = " \t\n\r\x0b\x0c" if text is not None else b" \t\n\r\x0b\x0c"  # what bytes.strip() strips
     first = next((i for i, line in enumerate(lines) if line.strip(blank)), 0)
     _sniff_first_line(path, lines[first], first + 1, data)
     loads = json.loads
@@ -153,9 +156,10 @@ def _utf8_text(path: Path) -> str:
 
 
 def _read_json(path: Path) -> Iterator[Record]:
-    text = _utf8_text(path)
+    whole = _utf8_text(path)
+    text: str | None = whole  # None once the rows are items of a nested array (no line numbers)
     try:
-        value = json.loads(text)
+        value = json.loads(whole)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # JSON lines in a .json file: read it as such
             yield from _read_jsonl(path, file_bytes(path))

@@ -33,6 +33,17 @@ def split_stats(rows: list[dict], tokens: list[int], loss_tokens: list[int], tru
     }
 
 
+COLUMNS = ("min", "mean", "median", "p90", "max")
+
+
+def number(value) -> str:
+    """A count as one readable token however large: 1234, 12.5, 5.83e+06 (columns never run together)."""
+    if isinstance(value, int) and abs(value) < 10**9:
+        return str(value)
+    value = float(value)
+    return f"{value:.1f}" if abs(value) < 10**7 else f"{value:.3g}"
+
+
 def format_stats(stats: dict) -> str:
     """A short human-readable table of the statistics."""
     lines = [
@@ -40,7 +51,7 @@ def format_stats(stats: dict) -> str:
         f"{stats['validation']['examples']} validation examples, {stats['skipped']} skipped rows, "
         f"max_length {stats['max_length']}, cache {'hit' if stats.get('cache_hit') else 'miss'}"
     ]
-    header = f"  {'':<34}{'min':>8}{'mean':>10}{'median':>10}{'p90':>10}{'max':>8}"
+    header = f"  {'':<34}" + "".join(f" {name:>10}" for name in COLUMNS)
     for split in ("train", "validation"):
         s = stats[split]
         if not s["examples"]:
@@ -52,9 +63,6 @@ def format_stats(stats: dict) -> str:
         for key in ("messages_per_example", "tokens_per_example", "assistant_tokens_per_example"):
             v = s[key]
             if v:
-                lines.append(
-                    f"  {key.replace('_', ' '):<34}{v['min']:>8}{v['mean']:>10.1f}{v['median']:>10.1f}"
-                    f"{v['p90']:>10.1f}{v['max']:>8}"
-                )
+                lines.append(f"  {key.replace('_', ' '):<34}" + "".join(f" {number(v[c]):>10}" for c in COLUMNS))
     lines += [f" warning: {w}" for w in stats.get("warnings", [])]
     return "\n".join(lines)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from trainer.errors import UserError
 
 CHUNK = 4096
+#: Texts are cut at this many characters per token of max_length before tokenizing (memory stays bounded).
+CHARS_PER_TOKEN = 64
 _VERIFY_FIRST, _VERIFY_EVERY = 4, 257
 _SAFE_TESTS = r"is\s+(?!string\b|defined\b|not\s+none\b|none\b|mapping\b|not\s+string\b)"
 
@@ -59,11 +62,11 @@ class Encoder:
         self.all_tokens = train_on_all_tokens
         self.backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
         self.eos = tokenizer.eos_token_id
-        self._template = None
+        self._template: tuple[Any, dict] | None = None
         self._prefix_stable = True
         self._cuts: dict[str, list[int]] = {}
         self._fast = True
-        self._skeletons: dict[tuple, object] = {}
+        self._skeletons: dict[tuple, tuple[list[str], list] | bool] = {}
         self._rendered = 0
 
     # ------------------------------------------------------------ chat template
@@ -124,7 +127,7 @@ class Encoder:
         skeleton = self._skeletons.get(key)
         if skeleton is None:
             skeleton = self._skeletons[key] = self._skeleton(key) or False
-        if skeleton is False:
+        if not isinstance(skeleton, tuple):
             return self._slow_spans(messages)
         pieces, bounds = skeleton
         parts = [pieces[0]]
@@ -248,7 +251,7 @@ class Encoder:
         return out
 
     def _encode_chunk(self, rows: list[dict], offset: int, out: Encoded) -> None:
-        items = [self.text_spans(r) for r in rows]
+        items = [self._bounded(*self.text_spans(r)) for r in rows]
         if self.backend is None:
             self._cuts = {text: [b for span in spans for b in span] for text, spans, _ in items}
         encoded: list = [None] * len(items)
@@ -277,6 +280,23 @@ class Encoder:
             out.input_ids.append(ids)
             out.labels.append(labels)
             out.kept.append(offset + i)
+
+    def _bounded(self, text: str, spans: list[tuple[int, int]], raw: bool) -> tuple[str, list[tuple[int, int]], bool]:
+        """Cut a text longer than CHARS_PER_TOKEN x max_length characters before tokenizing it: its first
+        max_length tokens lie well inside the cut, so the truncated ids are the same, and memory stays bounded
+        however long a row is (a 50 MB row no longer takes gigabytes to tokenize)."""
+        cut = CHARS_PER_TOKEN * (self.max_length or 0)
+        # A text of unusually long tokens: widen the cut until it holds more than max_length tokens.
+        while self.max_length is not None and cut < len(text) and self._count(text[:cut], raw) <= self.max_length:
+            cut *= 4
+        if self.max_length is None or cut >= len(text):
+            return text, spans, raw
+        return text[:cut], [(a, min(b, cut)) for a, b in spans if a < cut], raw
+
+    def _count(self, text: str, raw: bool) -> int:
+        if self.backend is not None:
+            return len(self.backend.encode(text, add_special_tokens=raw).ids)
+        return len(self.tokenizer.encode(text, add_special_tokens=raw))
 
     def _tokenize(self, texts: list[str], raw: bool) -> list[tuple[list[int], list[int]]]:
         """(ids, start character of each token) per text."""

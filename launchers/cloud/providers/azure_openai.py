@@ -40,7 +40,8 @@ class AzureOpenAI(OpenAI):
             raise UserError(
                 "No Azure OpenAI API version: set OPENAI_API_VERSION (e.g. 2025-04-01-preview) or hardware.api_version."
             )
-        return openai.AzureOpenAI(
+        # project= is accepted at run time; the SDK's typed overloads leave it out
+        return openai.AzureOpenAI(  # type: ignore[call-overload]
             api_key=hw.api_key or None,
             azure_endpoint=endpoint,
             api_version=version,
