@@ -74,7 +74,7 @@ def assert_no_secrets(run_dir, *texts):
 def test_openai_end_to_end(fake, tmp_path, capsys, caplog):
     caplog.set_level("DEBUG")
     cfg = cloud_cfg(tmp_path, fake, "hardware.suffix=recipes", "hardware.seed=7")
-    objective = cloud.run(cfg, "train")
+    cloud.run(cfg, "train")
     run_dir = Path(cfg.output_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (fake.counters["uploads"], fake.counters["jobs_created"]) == (2, 1)
@@ -83,7 +83,7 @@ def test_openai_end_to_end(fake, tmp_path, capsys, caplog):
     assert metrics["cost"]["examples"] == 15 and metrics["cost"]["epochs"] == 6 and metrics["cost"]["usd"] > 0
     assert metrics["job"]["fine_tuned_model"].startswith("ft:gpt-4o-mini-2024-07-18")
     assert len(metrics["job"]["checkpoints"]) == 2
-    assert objective == pytest.approx(0.55)  # the last validation loss from the provider's events
+    assert metrics["job"]["final"]["eval_loss"] == pytest.approx(0.55)  # the last validation loss of the events
     assert "beat the base model" in (run_dir / "report.md").read_text()
     assert metrics["lifecycle"]["days_to_training_close"] == 36  # HYDRATUNE_TODAY=2026-12-01 (tests/conftest.py)
     assert "2027-01-06 (36 days left)" in (run_dir / "report.md").read_text()
