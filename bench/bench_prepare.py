@@ -5,7 +5,7 @@ Everything runs in this one invocation on the same file, from JSON load to stati
   (json.loads per line, format-error checks, per-message token counts with tiktoken, distributions, billing
   tokens), single process;
 - hydratune, provider path: what `hydratune prepare hardware=openai model=gpt_4o_mini dataset=chat_jsonl
-  dataset.path=FILE dataset.validation_size=0` runs once the config is composed (check_config, then
+  dataset.path=FILE dataset.validation_size=0` runs once the config is composed (launchers.check, then
   launchers.cloud.prepare.prepare: read, validate every row, OpenAI's format checks, tiktoken counts with the same
   cl100k_base encoding and overheads, cost estimate, statistics, provider_train.jsonl written and hashed).
   The two are timed alternately, several rounds (best of each, and the ratio per round);
@@ -185,10 +185,10 @@ def provider_config(data: Path, out: Path):
 
 def provider_prepare(cfg, out: Path):
     """`hydratune prepare hardware=openai` after composition: the checks, then read -> validate -> count -> stats."""
+    from launchers import check
     from launchers.cloud.prepare import prepare
-    from trainer.config_checks import check_config
 
-    check_config(cfg)
+    check(cfg)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         prepared = prepare(cfg, out)

@@ -12,10 +12,19 @@ from omegaconf import DictConfig
 from trainer.schema import hardware_schema
 
 
-def launch(cfg: DictConfig, command: str) -> None:
+def check(cfg: DictConfig) -> None:
+    """Every rule of trainer.config_checks.check_config, then those of the hardware's launcher module (its
+    ``check(cfg)``, for rules that need its own code). The CLI calls it for every command, ``--cfg`` included."""
     from trainer.config_checks import check_config
 
     check_config(cfg)
+    launcher_rules = getattr(importlib.import_module(hardware_schema(cfg).runner), "check", None)
+    if launcher_rules is not None:
+        launcher_rules(cfg)
+
+
+def launch(cfg: DictConfig, command: str) -> None:
+    check(cfg)
     if cfg.logger.name == "mlflow":  # store and experiment decided once, here: workers load the written config
         from trainer.mlflow_tracking import resolve
 

@@ -55,6 +55,7 @@ def test_chat_messages_column(tmp_path, monkeypatch):
     assert {k: train[k] for k in expected} == expected
 
 
+@pytest.mark.slow
 def test_plain_text_column_converts_and_trains(tmp_path, cache_dir, monkeypatch):
     monkeypatch.chdir(REPO)
     cfg, text = converted(tmp_path, "plain_text")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from launchers import check
 from tests.helpers import compose
-from trainer.config_checks import check_config
 from trainer.errors import UserError
 from trainer.schema import hardware_schema
 
@@ -20,9 +20,9 @@ def test_every_cloud_option_composes_and_passes_the_checks(hardware, model):
     assert hardware_schema(cfg).runner == "launchers.cloud" and cfg.model.source == "provider" and cfg.model.encoding
     if hardware == "openai" and model in RETIRED_AT_OPENAI:
         with pytest.raises(UserError, match="is retired at openai: new fine-tuning jobs closed on 2026-10-23"):
-            check_config(cfg)
+            check(cfg)
     else:
-        check_config(cfg)
+        check(cfg)
     assert cfg.model.name_or_path.replace("gpt-3.5", "gpt-35") in cfg.hardware.price_per_million_training_tokens or (
         hardware == "openai" and cfg.model.name_or_path in cfg.hardware.price_per_million_training_tokens
     )
@@ -48,18 +48,18 @@ def test_every_cloud_option_composes_and_passes_the_checks(hardware, model):
 def test_impossible_combinations(overrides, message):
     cfg = compose("hardware=openai", "model=gpt_4o_mini", *overrides)
     with pytest.raises(UserError, match=message):
-        check_config(cfg)
+        check(cfg)
 
 
 def test_provider_model_on_local_hardware():
     with pytest.raises(UserError, match="provider model"):
-        check_config(compose("hardware=cpu", "model=gpt_4o_mini"))
+        check(compose("hardware=cpu", "model=gpt_4o_mini"))
 
 
 def test_azure_deployment_needs_its_resource():
     cfg = compose("hardware=azure_openai", "model=gpt_4o_mini", "hardware.deployment.create=true")
     with pytest.raises(UserError, match="subscription_id, resource_group"):
-        check_config(cfg)
+        check(cfg)
 
 
 def test_retired_model_stops_the_command_before_anything_runs(tmp_path):
@@ -95,9 +95,9 @@ def test_days_left_come_from_the_model_option(monkeypatch, today, expected):
 def test_training_closed_model_is_refused_and_dates_are_config(monkeypatch):
     monkeypatch.setenv("HYDRATUNE_TODAY", "2027-01-06")
     with pytest.raises(UserError, match="gpt-4o-mini-2024-07-18 is retired at openai.*closed on 2027-01-06"):
-        check_config(compose("hardware=openai", "model=gpt_4o_mini"))
+        check(compose("hardware=openai", "model=gpt_4o_mini"))
     # a user who learns of a later date corrects the option (or overrides it) and the model works again
     later = compose("hardware=openai", "model=gpt_4o_mini", "model.lifecycle.openai.training_closes=2027-06-30")
-    check_config(later)
+    check(later)
     with pytest.raises(UserError, match=r"model.lifecycle.openai.shutdown=soon is not a date: write it as YYYY-MM-DD"):
-        check_config(compose("hardware=openai", "model=gpt_4o_mini", "model.lifecycle.openai.shutdown=soon"))
+        check(compose("hardware=openai", "model=gpt_4o_mini", "model.lifecycle.openai.shutdown=soon"))

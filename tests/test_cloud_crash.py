@@ -16,6 +16,8 @@ import pytest
 from tests.fake_provider import FakeProvider, files_containing, write_chat_dataset
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.slow  # runs a training job (tiny model) or several processes
+
 API_KEY = "sk-test-CRASH-KEY-5f4e3d2c1b0a"
 FAST = ["hardware.poll_interval_s=0.02", "hardware.max_poll_interval_s=0.05", "hardware.retry_backoff_s=0.01"]
 

@@ -83,7 +83,7 @@ def test_openai_end_to_end(fake, tmp_path, capsys, caplog):
     assert metrics["cost"]["examples"] == 15 and metrics["cost"]["epochs"] == 6 and metrics["cost"]["usd"] > 0
     assert metrics["job"]["fine_tuned_model"].startswith("ft:gpt-4o-mini-2024-07-18")
     assert len(metrics["job"]["checkpoints"]) == 2
-    assert metrics["job"]["final"]["eval_loss"] == pytest.approx(0.55)  # the last validation loss of the events
+    assert metrics["job"]["final"]["eval_loss"] == pytest.approx(0.55)  # the last validation loss in the events
     assert "beat the base model" in (run_dir / "report.md").read_text()
     assert metrics["lifecycle"]["days_to_training_close"] == 36  # HYDRATUNE_TODAY=2026-12-01 (tests/conftest.py)
     assert "2027-01-06 (36 days left)" in (run_dir / "report.md").read_text()

@@ -94,7 +94,7 @@ def test_dpo_rows_count_input_and_both_outputs():
         "non_preferred_output": [{"role": "assistant", "content": "bad"}],
     }
     flat = [*row["input"]["messages"], *row["preferred_output"], *row["non_preferred_output"]]
-    assert tokens.count_rows([row], enc) == [tokens.message_tokens(flat, enc)]
+    assert tokens.count_examples([row], enc)[0] == [tokens.message_tokens(flat, enc)]
 
 
 def test_counting_many_rows_encodes_each_distinct_text_once_and_counts_the_same():
@@ -124,4 +124,3 @@ def test_counting_many_rows_encodes_each_distinct_text_once_and_counts_the_same(
     assert totals == [tokens.message_tokens(m, enc) for m in messages] == [_direct(m, enc) for m in messages]
     assert answers == [tokens.assistant_tokens(m, enc) for m in messages]
     assert len(calls) == len(set(calls))  # the shared system prompt and the roles were encoded once
-    assert tokens.count_rows(rows, enc) == totals

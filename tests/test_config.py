@@ -118,7 +118,7 @@ def _checked(overrides):
     try:
         return compose(*overrides)
     except Exception as exc:  # composition errors are rewritten by the CLI; test the rewrite directly
-        from trainer.errors import explain_composition_error
+        from trainer.compose_errors import explain_composition_error
 
         raise UserError(explain_composition_error(exc)) from None
 
@@ -169,6 +169,7 @@ def test_help_and_cfg_do_not_import_torch(tmp_path):
     assert Path(REPO / "conf" / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_tf32_on_the_cpu_is_a_user_error(tmp_path):
     result = hydratune(
         "model=tiny_random", "train.tf32=true", "hardware=cpu", f"hydra.run.dir={tmp_path}", cache=tmp_path

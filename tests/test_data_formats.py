@@ -63,6 +63,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_format_reaches_training(name, tiny_tokenizer, tmp_path):
     overrides, answers = CASES[name]

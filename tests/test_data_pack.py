@@ -79,6 +79,7 @@ def _losses(model, tokenizer, plain, packed, out):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_packed_loss_equals_unpacked_loss(attn, tiny_tokenizer, prepared_pair, tmp_path):
     from trainer.models import tiny_model
@@ -97,6 +98,7 @@ def test_packed_loss_equals_unpacked_loss(attn, tiny_tokenizer, prepared_pair, t
     assert abs(leaky - unpacked_loss) > 1e-4
 
 
+@pytest.mark.slow
 def test_packed_training_runs(tiny_tokenizer, prepared_pair, tmp_path):
     from tests.test_data_formats import train_two_steps
 

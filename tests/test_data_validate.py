@@ -106,6 +106,7 @@ def mixed_file(tmp_path):
     return path, good, [2, 5, 6, 8, 10]
 
 
+@pytest.mark.slow
 def test_skip_trains_on_exactly_the_good_rows_and_reports_the_bad_ones(tiny_tokenizer, tmp_path):
     from tests.test_data_formats import train_two_steps
 

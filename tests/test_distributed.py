@@ -22,6 +22,8 @@ import pytest
 
 from tests.helpers import REPO, hydratune
 
+pytestmark = pytest.mark.slow  # runs a training job (tiny model) or several processes
+
 # DeepSpeed compiles its CPU communication op on first use (~40 s); a stable folder makes that happen once per machine.
 EXTENSIONS = Path(
     os.environ.get("HYDRATUNE_TEST_EXTENSIONS", Path.home() / ".cache" / "hydratune" / "torch_extensions")

@@ -111,6 +111,7 @@ def test_slurm_script(tmp_path):
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
 
 
+@pytest.mark.slow
 def test_dry_run_prints_command_and_deepspeed_config_and_runs_nothing(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     args = ["model=tiny_random", "hardware=deepspeed_zero3_offload", "hardware.dry_run=true", "hardware.threads=null"]
@@ -127,6 +128,7 @@ def test_dry_run_prints_command_and_deepspeed_config_and_runs_nothing(tmp_path, 
     assert not any((run_dir / name).exists() for name in ("config.yaml", "deepspeed.json", "logs", "checkpoints"))
 
 
+@pytest.mark.slow
 def test_slurm_dry_run_prints_the_script(tmp_path, cache_dir):
     args = [
         "model=tiny_random",

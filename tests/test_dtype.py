@@ -96,6 +96,7 @@ def test_every_local_model_option_defaults_to_auto():
         assert cfg.dtype == "auto", f"{path}: dtype {OmegaConf.to_yaml(cfg)}"
 
 
+@pytest.mark.slow
 def test_run_log_and_report_say_what_was_chosen(tmp_path, cache_dir):
     """A real run with torch held to AVX2 kernels and oneDNN capped at AVX2 (an AVX2-only CPU, as far as torch can
     tell): auto resolves to float32, and the log, metrics.json and report.md say why."""

@@ -35,6 +35,7 @@ def endpoints(fake: FakeProvider, **extra: str) -> str:
     return "eval.compare_models=[" + ", ".join(items) + "]"
 
 
+@pytest.mark.slow
 def test_compared_models_are_columns_of_a_local_run(fake, tmp_path, cache_dir):
     data = tmp_path / "data.jsonl"
     write_chat_dataset(data, 12, fake)

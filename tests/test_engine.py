@@ -14,6 +14,8 @@ import pytest
 
 from tests.helpers import REPO, hydratune
 
+pytestmark = pytest.mark.slow  # runs a training job (tiny model) or several processes
+
 TINY = [
     "model=tiny_random",
     "hardware.threads=1",

@@ -11,6 +11,8 @@ import pytest
 
 from tests.helpers import compose
 
+pytestmark = pytest.mark.slow  # runs a training job (tiny model) or several processes
+
 OVERRIDES = [
     "model=tiny_random",
     "hardware.threads=1",

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+import launchers
 from tests.helpers import REPO, compose, hydratune
 from trainer.config_checks import check_config
 
@@ -42,7 +43,7 @@ def examples_of(cfg):
 def test_recipe_ner_composes_to_the_cookbook(monkeypatch):
     monkeypatch.chdir(REPO)
     cfg = compose("experiment=recipe_ner")
-    check_config(cfg)
+    launchers.check(cfg)
     assert (cfg.model.name_or_path, cfg.hardware.provider, cfg.hardware.suffix) == (
         "gpt-4o-mini-2024-07-18",
         "openai",
@@ -81,7 +82,7 @@ def test_clippy_composes_to_the_azure_tutorial(monkeypatch):
     ):
         monkeypatch.setenv(var, value)
     cfg = compose("experiment=clippy_azure")
-    check_config(cfg)
+    launchers.check(cfg)
     hw = cfg.hardware
     assert (cfg.model.name_or_path, hw.provider, hw.seed, hw.api_version) == (
         "gpt-4o-mini-2024-07-18",
@@ -168,6 +169,7 @@ def test_autotrain_llm_sft_composes_to_autotrains_defaults():
 # ---------------------------------------------------------------- smoke mode, end to end
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("experiment", "extra"), [("text_to_sql_qlora", SQL_SMOKE), ("autotrain_llm_sft", [])], ids=["sql", "autotrain"]
 )
@@ -187,6 +189,7 @@ def test_local_example_smoke_mode(experiment, extra, tmp_path, cache_dir):
         assert "finetuned" not in metrics
 
 
+@pytest.mark.slow
 def test_recipe_ner_smoke_mode_against_the_fake_openai(tmp_path, cache_dir, monkeypatch):
     from examples import cloud_smoke
 
@@ -203,6 +206,7 @@ def test_recipe_ner_smoke_mode_against_the_fake_openai(tmp_path, cache_dir, monk
     assert fake.counters["chat"] == 200  # 100 validation rows, base and fine-tuned
 
 
+@pytest.mark.slow
 def test_clippy_smoke_mode_against_the_fake_azure(tmp_path, cache_dir, monkeypatch):
     from examples import cloud_smoke
 

@@ -44,6 +44,7 @@ def test_settings_build_accelerates_fsdp2_plugin_for_the_model(method, cache_dir
     assert {type(m).__name__ for m in wrapped} == {"LlamaDecoderLayer"}
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_launch_command_and_settings(tmp_path, cache_dir):
     result = hydratune(
         *TINY,

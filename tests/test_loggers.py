@@ -8,6 +8,8 @@ import pytest
 
 from tests.helpers import hydratune
 
+pytestmark = pytest.mark.slow  # runs a training job (tiny model) or several processes
+
 TINY = ["model=tiny_random", "hardware.threads=1", "train.max_steps=2", "eval=none"]
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from tests.helpers import hydratune
 
+pytestmark = pytest.mark.slow  # runs a training job (tiny model) or several processes
+
 mlflow = pytest.importorskip("mlflow", reason="logger=mlflow needs the `loggers` extra (mlflow-skinny)")
 
 TINY = ["model=tiny_random", "hardware.threads=1", "train.max_steps=3", "eval=none", "logger=mlflow"]

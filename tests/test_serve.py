@@ -88,6 +88,7 @@ def server(trained_run, cache_dir):
         log.close()
 
 
+@pytest.mark.slow
 def test_served_run_answers_with_the_fine_tuned_behaviour_and_stops_at_its_eos(server, trained_run):
     import openai
 
@@ -102,6 +103,7 @@ def test_served_run_answers_with_the_fine_tuned_behaviour_and_stops_at_its_eos(s
     assert all(s["prediction"] != ANSWER for s in metrics["base"]["samples"])
 
 
+@pytest.mark.slow
 def test_without_the_training_eos_the_model_runs_to_the_token_limit(server, trained_run):
     """The same merged weights with the base model's EOS only generate to the limit: the EOS handling matters."""
     import torch
@@ -121,6 +123,7 @@ def test_without_the_training_eos_the_model_runs_to_the_token_limit(server, trai
     assert trained.shape[1] - prompt < 16 and trained[0, -1].item() == end
 
 
+@pytest.mark.slow
 def test_in_process_and_served_evaluation_agree(server, trained_run):
     """The run's in-process fine-tuned evaluation and eval.endpoint against the served model: same queries, same
     greedy answers, same exact match."""
@@ -137,6 +140,7 @@ def test_in_process_and_served_evaluation_agree(server, trained_run):
     assert [s["prediction"] for s in served["samples"]] == [s["prediction"] for s in in_process["samples"]]
 
 
+@pytest.mark.slow
 def test_exported_model_gives_the_adapters_greedy_answers(trained_run, cache_dir, capsys):
     """`hydratune export`: merged weights that plain transformers loads, same greedy tokens as base + adapter on
     five held-out prompts."""
@@ -169,6 +173,7 @@ def test_exported_model_gives_the_adapters_greedy_answers(trained_run, cache_dir
         assert tokenizer.decode(a[0, ids["input_ids"].shape[1] :], skip_special_tokens=True) == ANSWER
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_server_cleanly(server, trained_run):
     process, info = server
     process.send_signal(signal.SIGTERM)
@@ -188,6 +193,7 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_cuda(), reason="this machine has CUDA: serve=vllm is allowed here")
 def test_vllm_without_cuda_is_refused_before_anything_loads(trained_run, cache_dir):
     result = hydratune("serve", f"hydra.run.dir={trained_run}", "serve=vllm", cache=cache_dir)

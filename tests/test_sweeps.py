@@ -60,6 +60,7 @@ def grid(tmp_path_factory) -> Path:
     return sweep_dir
 
 
+@pytest.mark.slow
 def test_grid_gives_one_run_dir_per_combination(grid):
     runs = sorted(p.name for p in grid.iterdir() if p.is_dir())
     assert runs == ["0", "1", "2", "3"]
@@ -73,6 +74,7 @@ def test_grid_gives_one_run_dir_per_combination(grid):
     assert combos == {("lora", 1e-4), ("lora", 3e-4), ("dora", 1e-4), ("dora", 3e-4)}
 
 
+@pytest.mark.slow
 def test_grid_summary_is_sorted_by_the_objective_with_a_plot(grid):
     rows = table(grid)
     assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
@@ -89,6 +91,7 @@ def test_grid_summary_is_sorted_by_the_objective_with_a_plot(grid):
     assert f"**Best: run {rows[0]['run']}**" in markdown and "![finetuned.eval_loss" in markdown
 
 
+@pytest.mark.slow
 def test_grid_tokenizes_the_dataset_once_and_evaluates_the_base_model_once(grid):
     texts = logs(grid)
     assert sum(t.count("dataset cache miss") for t in texts) == 1
@@ -103,6 +106,7 @@ def test_grid_tokenizes_the_dataset_once_and_evaluates_the_base_model_once(grid)
     )
 
 
+@pytest.mark.slow
 def test_summary_can_be_rebuilt_with_another_objective(grid, tmp_path):
     copy = shutil.copytree(grid, tmp_path / "sweep", ignore=shutil.ignore_patterns("model", "checkpoints"))
     sweeps.main([str(copy), "finetuned.eval_loss", "maximize"])
@@ -113,6 +117,7 @@ def test_summary_can_be_rebuilt_with_another_objective(grid, tmp_path):
 # ---------------------------------------------------------------- failures
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, cache_dir):
     sweep_dir = tmp_path / "sweep"
     multirun("train.learning_rate=3e-4,oops", "hardware.threads=1", sweep_dir=sweep_dir, cache=cache_dir, failures=True)
@@ -170,6 +175,7 @@ def test_hparams_search_options_compose_and_name_real_keys(option):
     assert cfg.objective.metric == own.metric and cfg.objective.direction.name == own.direction
 
 
+@pytest.mark.slow
 def test_optuna_search_writes_best_parameters_and_resumes_from_sqlite(tmp_path, cache_dir):
     import optuna
 
@@ -188,6 +194,7 @@ def test_optuna_search_writes_best_parameters_and_resumes_from_sqlite(tmp_path, 
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
 
 
+@pytest.mark.slow
 def test_optuna_records_a_failed_trial_and_the_search_goes_on(tmp_path, cache_dir):
     sweep_dir = tmp_path / "sweep"
     search = ["hparams_search=lora_lr", "hydra.sweeper.n_trials=3", "train.weight_decay=choice(0.0,oops)"]
@@ -202,6 +209,7 @@ def test_optuna_records_a_failed_trial_and_the_search_goes_on(tmp_path, cache_di
 # ---------------------------------------------------------------- launchers
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_two_jobs_in_parallel_sharing_the_cores(tmp_path, cache_dir):
     sweep_dir = tmp_path / "sweep"
     multirun("hydra/launcher=parallel", "train.learning_rate=1e-4,3e-4", sweep_dir=sweep_dir, cache=cache_dir)

@@ -30,6 +30,7 @@ def test_usable_cores_follow_a_restricted_affinity():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 usable cores to tell a restriction apart")
 def test_local_run_on_one_core_uses_one_thread(tmp_path, cache_dir):
     """A real run started with an affinity of one core (as taskset or a container's cpuset would) and no
@@ -97,6 +98,7 @@ def test_parallel_sweep_shares_the_usable_cores(monkeypatch):
     assert list(cfg.hydra.overrides.task)[-1] == "hardware.threads=3"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 usable cores to tell a restriction apart")
 def test_distributed_workers_get_the_usable_cores(tmp_path, cache_dir):
     """The launcher command a distributed run would start (dry run), from a process restricted to one core."""

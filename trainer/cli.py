@@ -19,7 +19,8 @@ import hydra
 from omegaconf import DictConfig
 
 from trainer import schema
-from trainer.errors import UserError, explain_composition_error
+from trainer.compose_errors import explain_composition_error
+from trainer.errors import UserError
 
 #: Act on the provider job a cloud run dir recorded: `hydratune job-status hydra.run.dir=DIR`.
 JOB_COMMANDS = ("job-status", "job-attach", "job-cancel")
@@ -47,7 +48,10 @@ def _task(cfg: DictConfig) -> float | None:
         rundir.interrupted(cfg, _command, started)
         _interrupted(cfg.output_dir)
     except Exception as exc:
-        exc = explain_io_error(exc, cfg.output_dir) or exc  # a full or read-only disk: one paragraph
+        from trainer.loggers import explain_wandb_error
+
+        # A full or read-only disk, a wandb server that refuses the key: one paragraph.
+        exc = explain_io_error(exc, cfg.output_dir) or explain_wandb_error(exc) or exc
         if rundir.in_multirun():  # one failed run of a sweep is recorded in its status.json; the others go on
             rundir.failed(cfg, _command, started, exc)
             return None  # Optuna records a failed trial
@@ -78,10 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     if "--help" in args or "-h" in args:
         return _help(_overrides(args))
     if "--cfg" in args or "-c" in args:  # Hydra prints the config and runs nothing: refuse what a run would refuse
-        from trainer.config_checks import check_config
+        from launchers import check
 
         try:
-            check_config(_compose(_overrides(args)))
+            check(_compose(_overrides(args)))
         except UserError as exc:
             _fail(str(exc))
     # Hydra prints composition errors with a hint to set HYDRA_FULL_ERROR; we catch them ourselves instead and

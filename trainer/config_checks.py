@@ -2,13 +2,13 @@
 ``train`` refuse the same mistakes before anything heavy is imported). Each failure is one UserError paragraph.
 
 The rules: unknown keys and value ranges (walked against the schema dataclasses), choices, pass-through library
-arguments, combinations across groups, the distributed and provider rules, and last the rules that need the
-hardware launcher's own code (a provider's limits, FSDP's), which its module contributes as ``check(cfg)``."""
+arguments, combinations across groups, the distributed and provider rules. The few rules that need a launcher's own
+code (a provider's limits and model dates, FSDP's) are its module's ``check(cfg)``; :func:`launchers.check` runs
+this function and then that one, and it is what the CLI and every launch call."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -97,9 +97,6 @@ def check_config(cfg: DictConfig) -> None:
         from trainer.endpoint_eval import configured
 
         configured(cfg.eval)  # every compared endpoint has a name, base_url, model, and its key variable is set
-    launcher_rules = getattr(importlib.import_module(kind.runner), "check", None)
-    if launcher_rules is not None:
-        launcher_rules(cfg)
 
 
 def _check_combinations(cfg: DictConfig) -> None:

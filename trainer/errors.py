@@ -28,49 +28,5 @@ def choice_error(key: str, value: object, allowed: Iterable[str], what: str = ""
     )
 
 
-def explain_composition_error(exc: BaseException) -> str:
-    """Turn a Hydra/OmegaConf composition error into the one-paragraph message users see."""
-    from hydra.errors import MissingConfigException
-    from omegaconf.errors import (
-        ConfigAttributeError,
-        ConfigKeyError,
-        MissingMandatoryValue,
-        OmegaConfBaseException,
-        ValidationError,
-    )
-
-    cause = exc
-    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
-        cause = cause.__cause__
-
-    if isinstance(exc, MissingConfigException) and exc.options is not None:
-        group = (exc.missing_cfg_file or "").rsplit("/", 1)
-        group_name, option = (group[0], group[1]) if len(group) == 2 else ("", group[0])
-        options = [o for o in exc.options if not o.startswith("schema_")]
-        return (
-            f"There is no option '{option}' in config group '{group_name}'.{closest(option, options)} "
-            f"Options: {', '.join(sorted(options))}. Pick one with `{group_name}=NAME`."
-        )
-    if isinstance(cause, ConfigKeyError | ConfigAttributeError):
-        where = str(cause.full_key or cause.key)
-        if where.startswith("train."):
-            from trainer.library_args import unknown_key_message
-
-            return unknown_key_message("train", where.split(".", 1)[1])
-        parent = cause.parent_node
-        allowed = list(parent.keys()) if parent is not None and hasattr(parent, "keys") else []
-        allowed = [str(k) for k in allowed if not str(k).startswith("_")]
-        listing = f" Known keys there: {', '.join(sorted(allowed))}." if allowed else ""
-        return f"Unknown config key '{where}'.{closest(str(cause.key), allowed)}{listing} Check the spelling."
-    if isinstance(cause, ValidationError):
-        return (
-            f"Wrong type for config key '{cause.full_key}': got {cause.value!r}. "
-            f"{_first_line(cause.msg or '')} Fix the value in your YAML file or override."
-        )
-    if isinstance(cause, MissingMandatoryValue):
-        return f"Config key '{cause.full_key}' is required and has no value. Set it, e.g. `{cause.full_key}=...`."
-    return _first_line(str(exc)) + (f" ({_first_line(str(cause))})" if cause is not exc else "")
-
-
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text

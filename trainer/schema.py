@@ -609,6 +609,14 @@ def register() -> None:
 register()
 
 
+def dataset_schema(node: Any) -> DatasetSchema:
+    """``cfg.dataset`` as a DatasetSchema object (mix items as SourceSchema objects), whether it was composed, loaded
+    from a run dir's config.yaml or written as a dict: every default comes from the schema, once."""
+    value = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DatasetSchema), node))
+    assert isinstance(value, DatasetSchema)
+    return value
+
+
 def hardware_schema(cfg: Any) -> type[HardwareSchema]:
     """The schema class of ``cfg.hardware`` (LocalHardwareSchema, DistributedHardwareSchema, ...), as composed."""
     node = cfg.hardware

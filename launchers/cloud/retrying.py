@@ -12,10 +12,10 @@ from launchers.cloud import client as _client
 
 @dataclass
 class Retry:
-    retries: int = 6
-    backoff_s: float = 1.0
-    poll_s: float = 5.0
-    max_poll_s: float = 60.0
+    retries: int
+    backoff_s: float
+    poll_s: float
+    max_poll_s: float
 
     @classmethod
     def from_hw(cls, hw: Any) -> Retry:

@@ -129,10 +129,6 @@ def example_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
     return [*row["input"]["messages"], *row["preferred_output"], *row["non_preferred_output"]]
 
 
-def count_rows(rows: list[dict[str, Any]], enc: Any) -> list[int]:
-    return count_examples(rows, enc)[0]
-
-
 def count_examples(rows: list[dict[str, Any]], enc: Any) -> tuple[list[int], list[int]]:
     """(tokens, assistant tokens) of each row, as :func:`message_tokens` and :func:`assistant_tokens` count them.
 

@@ -16,13 +16,15 @@ import logging
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.data.examples import Examples
 from trainer.errors import UserError
+from trainer.schema import DatasetSchema, SourceSchema, dataset_schema
 
 if TYPE_CHECKING:
     import datasets
@@ -30,14 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["Examples", "Prepared", "load_examples", "prepare", "prepare_once", "run_prepare"]
-
-
-@dataclass
-class Examples:
-    train: list[dict]  # canonical rows
-    validation: list[dict]
-    skipped: list[str] = field(default_factory=list)  # "file:line: what is wrong" (on_error=skip)
-    warnings: list[str] = field(default_factory=list)  # "N examples have no system message", ...
 
 
 @dataclass
@@ -53,10 +47,6 @@ class Prepared:
 # ---------------------------------------------------------------- loading and validating
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
 def load_examples(dataset_cfg: DictConfig, report_dir: Path | None = None) -> Examples:
     """Load every source of the dataset config, validate every row, split train/validation.
 
@@ -66,44 +56,44 @@ def load_examples(dataset_cfg: DictConfig, report_dir: Path | None = None) -> Ex
     from trainer.data.split import drop_overlap, split_indices, weighted
     from trainer.data.validate import bad_rows_error, check_on_error, load_source, row_warnings
 
-    cfg = _plain(dataset_cfg)
-    check_on_error(cfg["on_error"])
-    if cfg.get("validation_rows") and (cfg.get("validation_path") or cfg.get("validation_split")):
+    cfg = dataset_schema(dataset_cfg)
+    check_on_error(cfg.on_error)
+    if cfg.validation_rows and (cfg.validation_path or cfg.validation_split):
         raise UserError(
             "dataset.validation_rows and dataset.validation_path/validation_split both name validation data; keep one."
         )
-    sources = [cfg, *cfg.get("mix", [])]
+    sources: list[SourceSchema] = [cfg, *cfg.mix]
     loaded = [load_source(s) for s in sources]
     bad = [b for part in loaded for b in part.bad]
     ignored = sum((part.ignored for part in loaded), Counter())
 
     external = None
-    if cfg.get("validation_path"):
-        external = load_source(cfg, path=cfg["validation_path"])
-    elif cfg.get("validation_split"):
+    if cfg.validation_path:
+        external = load_source(cfg, path=cfg.validation_path)
+    elif cfg.validation_split:
         from trainer.data.read import is_local
 
-        if is_local(cfg["path"]) and not Path(cfg["path"]).is_dir():
+        if is_local(cfg.path) and not Path(cfg.path).is_dir():
             raise UserError(
-                f"dataset.validation_split={cfg['validation_split']}: {cfg['path']} is a single file "
+                f"dataset.validation_split={cfg.validation_split}: {cfg.path} is a single file "
                 "without named splits. Use dataset.validation_path=FILE or dataset.validation_size."
             )
-        external = load_source(cfg, split=cfg["validation_split"])
+        external = load_source(cfg, split=cfg.validation_split)
     if external is not None:
         bad += external.bad
 
-    if bad and cfg["on_error"] == "fail":
+    if bad and cfg.on_error == "fail":
         raise bad_rows_error(bad, report_dir)
     if not any(part.rows for part in loaded):
         raise UserError(
-            f"dataset {cfg.get('name')}: no usable rows in {cfg['path']}"
+            f"dataset {cfg.name}: no usable rows in {cfg.path}"
             f"{' (all ' + str(len(bad)) + ' rows were invalid)' if bad else ''}. Check the file and "
             "dataset.format."
         )
 
     warnings = []
-    seed = cfg["split_seed"]
-    if cfg.get("train_rows") or cfg.get("validation_rows"):
+    seed = cfg.split_seed
+    if cfg.train_rows or cfg.validation_rows:
         external = _row_ranges(cfg, loaded, external)
     if external is not None:
         validation = external.rows
@@ -116,7 +106,7 @@ def load_examples(dataset_cfg: DictConfig, report_dir: Path | None = None) -> Ex
     else:
         pooled = [r for part in loaded for r in part.rows]
         owner = [k for k, part in enumerate(loaded) for _ in part.rows]
-        train_idx, val_idx = split_indices(pooled, cfg["validation_size"], seed)
+        train_idx, val_idx = split_indices(pooled, cfg.validation_size, seed)
         validation = [pooled[i] for i in val_idx]
         train_parts = [[] for _ in loaded]
         for i in train_idx:
@@ -124,15 +114,15 @@ def load_examples(dataset_cfg: DictConfig, report_dir: Path | None = None) -> Ex
 
     train: list[dict] = []
     for k, (source, rows) in enumerate(zip(sources, train_parts, strict=True)):
-        weight = source.get("weight", 1.0)
+        weight = source.weight
         train += rows if weight == 1.0 else weighted(rows, weight, seed + k)
-    limit = cfg.get("max_train_examples")
+    limit = cfg.max_train_examples
     if limit is not None and len(train) > limit:
         keep = sorted(random.Random(seed).sample(range(len(train)), limit))
         train = [train[i] for i in keep]
     if not train:
         raise UserError(
-            f"dataset {cfg.get('name')}: no training rows are left after the validation split. "
+            f"dataset {cfg.name}: no training rows are left after the validation split. "
             "Add data or lower dataset.validation_size."
         )
 
@@ -142,13 +132,13 @@ def load_examples(dataset_cfg: DictConfig, report_dir: Path | None = None) -> Ex
     return Examples(train=train, validation=validation, skipped=bad, warnings=warnings)
 
 
-def _row_ranges(cfg: dict, loaded: list, external):
+def _row_ranges(cfg: DatasetSchema, loaded: list, external):
     """Apply dataset.train_rows / validation_rows to the first source: keep its training rows in ``loaded[0]``,
     return the validation rows as the external validation set (or ``external`` when there is no validation range)."""
     from trainer.data.validate import Loaded
 
     def window(key: str) -> tuple[int, int] | None:
-        value = cfg.get(key)
+        value = getattr(cfg, key)
         if value is None:
             return None
         if len(value) != 2 or not 0 <= value[0] < value[1]:
@@ -171,7 +161,7 @@ def _row_ranges(cfg: dict, loaded: list, external):
     for key, w, part in (("train_rows", train_w, train), ("validation_rows", val_w, validation)):
         if w and not part.rows:
             raise UserError(
-                f"dataset.{key}={list(w)} selects no usable rows of {cfg['path']} ({len(primary.positions)} usable "
+                f"dataset.{key}={list(w)} selects no usable rows of {cfg.path} ({len(primary.positions)} usable "
                 "rows). Check the range."
             )
     loaded[0] = train

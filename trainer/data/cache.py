@@ -10,6 +10,7 @@ checked on every load: a truncated, garbled, edited or incomplete entry is repor
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -19,9 +20,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from trainer.schema import dataset_schema
+
 from trainer import atomic
 from trainer.atomic import clean_partials
-from trainer.plain import plain_dict
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +66,15 @@ def _hash_tokenizer(h, tokenizer) -> None:
 def cache_key(dataset_cfg: DictConfig, tokenizer, settings: dict) -> str:
     import tokenizers
 
-    cfg = plain_dict(dataset_cfg)
+    cfg = dataclasses.asdict(dataset_schema(dataset_cfg))
     h = hashlib.sha256(f"hydratune-data-v{VERSION}\0tokenizers-{tokenizers.__version__}\0".encode())
-    for source in [cfg, *cfg.get("mix", [])]:
-        _hash_path(h, source["path"], source.get("split"))
-    if cfg.get("validation_path"):
+    for source in [cfg, *cfg["mix"]]:
+        _hash_path(h, source["path"], source["split"])
+    if cfg["validation_path"]:
         _hash_path(h, cfg["validation_path"], None)
     _hash_tokenizer(h, tokenizer)
     shaped = {k: v for k, v in cfg.items() if k not in _IGNORED_KEYS}
-    shaped["mix"] = [{k: v for k, v in m.items() if k != "path"} for m in cfg.get("mix", [])]
+    shaped["mix"] = [{k: v for k, v in m.items() if k != "path"} for m in cfg["mix"]]
     h.update(json.dumps({"dataset": shaped, **settings}, sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
 
@@ -184,7 +186,7 @@ def _write_arrow(path: Path, dataset) -> None:
 def load(folder: Path):
     import datasets
 
-    from trainer.data import Examples
+    from trainer.data.examples import Examples
 
     train = datasets.Dataset.from_file(str(folder / "train.arrow"))
     validation = datasets.Dataset.from_file(str(folder / "validation.arrow"))

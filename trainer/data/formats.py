@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import string
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from trainer.errors import UserError, closest
+from trainer.schema import SourceSchema, TemplatesSchema
 
 FORMATS = ("chat", "alpaca", "sharegpt", "prompt_completion", "text", "template", "preference")
 ROLES = ("system", "user", "assistant")
@@ -49,24 +50,24 @@ class Invalid(Exception):
 Normaliser = Callable[[Any], dict]
 
 
-def make_normaliser(source: Mapping, ignored: Counter) -> Normaliser:
+def make_normaliser(source: SourceSchema, ignored: Counter) -> Normaliser:
     """The normaliser for one source config (format, columns, roles, templates).
 
     ``ignored`` counts keys a row has that the format does not use (reported as a warning, not an error).
     """
-    fmt = source["format"]
+    fmt = source.format
     if fmt not in FORMATS:
         raise UserError(
             f"dataset.format={fmt} is not a known format.{closest(fmt, FORMATS)} Allowed: {', '.join(FORMATS)}."
         )
-    columns = {**DEFAULT_COLUMNS[fmt], **dict(source.get("columns") or {})}
-    unknown = set(source.get("columns") or {}) - set(DEFAULT_COLUMNS[fmt]) if fmt != "template" else set()
+    columns = {**DEFAULT_COLUMNS[fmt], **source.columns}
+    unknown = set(source.columns) - set(DEFAULT_COLUMNS[fmt]) if fmt != "template" else set()
     if unknown:
         raise UserError(
             f"dataset.columns has {', '.join(sorted(unknown))}, which format={fmt} does not use. "
             f"Fields it reads: {', '.join(DEFAULT_COLUMNS[fmt]) or 'none (use templates)'}."
         )
-    roles = {r: r for r in ROLES} | DEFAULT_ROLES.get(fmt, {}) | dict(source.get("roles") or {})
+    roles = {r: r for r in ROLES} | DEFAULT_ROLES.get(fmt, {}) | source.roles
     bad_targets = {v for v in roles.values() if v not in ROLES}
     if bad_targets:
         raise UserError(
@@ -81,7 +82,7 @@ def make_normaliser(source: Mapping, ignored: Counter) -> Normaliser:
     if fmt == "text":
         return _text(columns, ignored)
     if fmt == "template":
-        return _template(source.get("templates") or {}, ignored)
+        return _template(source.templates, ignored)
     return _preference(columns, roles, ignored)
 
 
@@ -266,8 +267,9 @@ def template_fields(template: str, where: str) -> list[str]:
         ) from None
 
 
-def _template(templates: Mapping, ignored: Counter) -> Normaliser:
-    parts: list[tuple[str, str]] = [(role, str(templates[role])) for role in ROLES if templates.get(role)]
+def _template(templates: TemplatesSchema, ignored: Counter) -> Normaliser:
+    given = {"system": templates.system, "user": templates.user, "assistant": templates.assistant}
+    parts: list[tuple[str, str]] = [(role, text) for role, text in given.items() if text]
     if not any(role == "assistant" for role, _ in parts) or not any(role == "user" for role, _ in parts):
         raise UserError(
             "format=template needs dataset.templates.user and dataset.templates.assistant "

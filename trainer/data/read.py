@@ -299,7 +299,3 @@ def _pick_split(loaded, split: str | None, where: str):
     if split not in (None, "train"):
         raise UserError(f"{where} holds a single dataset, not named splits; remove split={split}.")
     return loaded
-
-
-def dump_jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.data.formats import Invalid, make_normaliser
 from trainer.data.read import Bad, read_records
 from trainer.errors import UserError
+from trainer.schema import SourceSchema
 
 ON_ERROR = ("fail", "skip")
 SHOWN = 20
@@ -33,12 +33,12 @@ class Loaded:
     ignored: Counter = field(default_factory=Counter)
 
 
-def load_source(source: Mapping, path: str | None = None, split: str | None = None) -> Loaded:
+def load_source(source: SourceSchema, path: str | None = None, split: str | None = None) -> Loaded:
     """Read and normalise every row of one source; ``path``/``split`` override the source's own."""
     out = Loaded()
     normalise = make_normaliser(source, out.ignored)
     rows, wheres, bad = out.rows, out.wheres, out.bad
-    records = read_records(path or source["path"], split if path or split else source.get("split"))
+    records = read_records(path or source.path, split if path or split else source.split)
     for position, (where, raw) in enumerate(records):
         if isinstance(raw, Bad):
             bad.append(f"{where}: {raw.why}")
