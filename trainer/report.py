@@ -91,7 +91,7 @@ def pop_examples(metrics: dict) -> list[dict]:
     ``{"index", "prompt", "reference", "answers": {section: {"prediction", "scores", ...}}}``."""
     rows: list[dict] = []
     for key in section_order(metrics):
-        per = section(metrics, key).pop("per_example", None)
+        per = (section(metrics, key) or {}).pop("per_example", None)
         if not per:
             continue
         answer_tokens = per.get("answer_tokens") or [None] * len(per["prediction"])
@@ -304,6 +304,10 @@ def render_markdown(metrics: dict, title: str, plot: Path | None, examples: list
         lines.append("")
     for f in metrics.get("flips") or []:
         lines += flips_markdown(f)
+    for key in ("regression", "judge"):
+        block = metrics.get(key)
+        if isinstance(block, dict) and block.get("lines"):
+            lines += [f"## {block.get('title', key)}", "", *(f"- {line}" for line in block["lines"]), ""]
     if metrics.get("break_even"):
         from trainer import cost
 

@@ -402,6 +402,41 @@ class CostSchema:
 
 
 @dataclass
+class JudgeSchema:
+    """LLM-as-judge (trainer/judge.py): off while ``model`` is null."""
+
+    #: The judge model's name at the endpoint (a provider model, or a model `hydratune serve` serves).
+    model: str | None = None
+    #: Base URL of its OpenAI-compatible API, ending in /v1.
+    base_url: str | None = None
+    #: Name of the environment variable holding the API key (never the key itself); null sends no real key.
+    api_key_env: str | None = None
+    #: What a good answer is, given to the judge with every request.
+    rubric: str = (
+        "5 = the same content as the reference (wording may differ), 4 = minor omissions or extras, "
+        "3 = partly right, 2 = mostly wrong, 1 = wrong, empty or off-topic."
+    )
+    #: Sections whose answers are graded against the reference.
+    sections: list[str] = field(default_factory=lambda: ["base", "finetuned"])
+    #: Also compare the fine-tuned and the base answer to each question directly, in both orders.
+    pairwise: bool = True
+    #: Grade at most this many examples per section (null = all; the judge score joins the paired statistics
+    #: only when every example is graded).
+    max_examples: int | None = None
+    #: The judge's prices, USD per million prompt / answer tokens, for the estimate made before it runs.
+    prompt_usd_per_million: float = 0.15
+    answer_usd_per_million: float = 0.60
+    #: Send nothing when the estimate is above this many USD (null = no limit).
+    max_usd: float | None = 1.0
+    #: Tokens the judge may reply with (a score or a letter).
+    max_tokens: int = 8
+    #: Requests in flight at once, retries of failed requests, seconds one request may take.
+    concurrency: int = 4
+    max_retries: int = 3
+    timeout_s: float = 60.0
+
+
+@dataclass
 class EvalSchema:
     #: Evaluate at all (base and fine-tuned).
     enabled: bool = True
@@ -420,6 +455,11 @@ class EvalSchema:
     cache_base: bool = True
     #: Prices for the cost and break-even section of the report.
     cost: CostSchema = field(default_factory=CostSchema)
+    #: General-ability regression check: a probe set asked of the base and the fine-tuned model (``general``: the
+    #: 104 shipped questions; or a JSONL file of {"prompt", "answers"}); null = off (trainer/regression.py).
+    regression: str | None = None
+    #: LLM-as-judge grading of the answers against the references, and pairwise preference (off by default).
+    judge: JudgeSchema = field(default_factory=JudgeSchema)
     #: A model behind an OpenAI-compatible endpoint, evaluated as one more column (``eval.endpoint.name``);
     #: `hydratune eval` then evaluates it instead of loading ``model`` (no weights load), e.g.
     #: ``eval.endpoint.base_url=http://127.0.0.1:8000/v1 eval.endpoint.model=NAME`` for a model that
