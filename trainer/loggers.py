@@ -100,7 +100,7 @@ def answers(base_url: str, timeout_s: float) -> None:
 
     url = urlparse(base_url)
     kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-    conn = kind(url.hostname, url.port, timeout=timeout_s)
+    conn = kind(url.hostname or "", url.port, timeout=timeout_s)
     try:
         conn.request("HEAD", "/")
         conn.getresponse()
