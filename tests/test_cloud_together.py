@@ -15,11 +15,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from launchers import check as check_cloud
 from launchers import cloud
 from tests.fake_provider import files_containing, write_chat_dataset
 from tests.fake_together import ALL_ROUTES, FakeTogether
 from tests.helpers import REPO, compose
-from trainer.config_checks import check_config as check_cloud
 from trainer.errors import UserError
 
 API_KEY = "tg-test-KEY-0123456789abcdef"
