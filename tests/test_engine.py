@@ -55,6 +55,7 @@ def test_tiny_run_writes_every_output(tiny_run):
         "loss_curve.png",
         "hydratune.log",
         "data_stats.json",
+        "estimate.json",
     ):
         assert (tiny_run / name).is_file(), name
     metrics = json.loads((tiny_run / "metrics.json").read_text())
@@ -64,6 +65,9 @@ def test_tiny_run_writes_every_output(tiny_run):
     assert (tiny_run / "model" / "adapter_model.safetensors").is_file()
     report = (tiny_run / "report.md").read_text()
     assert "| metric | base model | fine-tuned | change |" in report and "loss_curve.png" in report
+    assert "## Time and memory: pre-flight estimate vs measured" in report and "| time per training step |" in report
+    assert metrics["estimate"]["measured"]["step_s"] > 0 and metrics["estimate"]["estimated"]["step_s"] > 0
+    assert "[trainer.estimate][INFO] - estimate: " in (tiny_run / "hydratune.log").read_text()
 
 
 def test_tiny_run_report_has_paired_statistics_flips_and_break_even(tiny_run):

@@ -16,7 +16,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from trainer.errors import UserError, choice_error, closest
 from trainer.library_args import check_args
 from trainer.plain import plain_dict
-from trainer.schema import DistributedHardwareSchema, hardware_schema, is_cloud
+from trainer.schema import (
+    DistributedHardwareSchema,
+    SubmittableHardwareSchema,
+    hardware_schema,
+    is_cloud,
+)
 
 CHOICES = {
     "model.source": {"hf", "gguf_wheel", "tiny_random", "provider"},
@@ -35,7 +40,10 @@ CHOICES = {
 }
 DISTRIBUTED_CHOICES = {
     "hardware.launcher": {"torchrun", "deepspeed", "accelerate"},
-    "hardware.submit": {"local", "slurm"},
+}
+#: Strategies whose processes hydratune starts (launchers.SUBMITTERS: where else they can start).
+SUBMITTABLE_CHOICES = {
+    "hardware.submit": {"local", "slurm", "skypilot"},
 }
 CLOUD_CHOICES = {
     "hardware.objective": {"supervised", "dpo"},
@@ -75,6 +83,8 @@ def check_config(cfg: DictConfig) -> None:
     check_schema(cfg)
     kind = hardware_schema(cfg)
     choices = dict(CHOICES)
+    if issubclass(kind, SubmittableHardwareSchema):
+        choices |= SUBMITTABLE_CHOICES
     if issubclass(kind, DistributedHardwareSchema):
         choices |= DISTRIBUTED_CHOICES
     if is_cloud(cfg):

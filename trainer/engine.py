@@ -14,7 +14,20 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from trainer import cost, data, endpoint_eval, evaluation, judge, loggers, models, regression, report, secrets
+from trainer import (
+    cost,
+    data,
+    endpoint_eval,
+    estimate,
+    evaluation,
+    judge,
+    lm_head,
+    loggers,
+    models,
+    regression,
+    report,
+    secrets,
+)
 from trainer.errors import UserError
 from trainer.plain import plain_dict
 
@@ -72,6 +85,7 @@ def build_trainer(cfg, run_dir: Path, device: str, model, tokenizer, prepared, p
     """TRL's SFTTrainer over the prepared (already tokenized) data; the loop is TRL's."""
     from trl import SFTTrainer
 
+    lm_head.score_labelled_positions_only()
     return SFTTrainer(
         model=model,
         args=sft_config(cfg, run_dir, device),
@@ -108,6 +122,10 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
         trainer.model.print_trainable_parameters()
 
     queries = evaluation.queries(prepared.examples.validation, cfg.eval.max_examples)
+    dtype, target = results["hardware"]["model_dtype"], run_dir if main else None
+    forecast = estimate.for_run(
+        cfg, device, dtype, trainer.model, trainer.args, tokenizer, prepared, model_path, target
+    )
     if cfg.eval.enabled and cfg.eval.compare_base:
         with before_training(trainer):
             results.update(base_sections(cfg, trainer, tokenizer, queries, model_path, prepared, main))
@@ -137,6 +155,7 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     if cfg.eval.enabled and endpoint_eval.configured(cfg.eval):
         results["compare"] = endpoint_eval.compare_models(cfg.eval, queries, run_dir=run_dir)
     results["data"] = {"cache_key": prepared.cache_key, "cache_hit": prepared.cache_hit, **prepared.stats}
+    results["estimate"] = estimate.measured(forecast, trainer.state.log_history)
     if cfg.eval.enabled and judge.configured(cfg.eval.judge):
         results["judge"] = judge.run(cfg.eval.judge, results, cfg.cache_dir)
     if cfg.eval.enabled:

@@ -312,11 +312,16 @@ def render_markdown(metrics: dict, title: str, plot: Path | None, examples: list
         from trainer import cost
 
         lines += ["## Cost and break-even", "", *cost.markdown(metrics["break_even"]), ""]
+    if metrics.get("estimate"):
+        from trainer import estimate
+
+        lines += ["## Time and memory: pre-flight estimate vs measured", ""]
+        lines += [*estimate.markdown(metrics["estimate"], metrics.get("hardware")), ""]
     if plot is not None:
         lines += [f"![loss curve]({plot.name})", ""]
     lines += serving_lines(metrics.get("serving"))
     for key, value in metrics.items():
-        if key not in (*SECTIONS, *ANALYSIS_KEYS, "compare", "serving"):
+        if key not in (*SECTIONS, *ANALYSIS_KEYS, "compare", "serving", "estimate"):
             lines += [f"## {key}", "", "```", json.dumps(value, indent=2, default=str), "```", ""]
     samples = (metrics.get("finetuned") or {}).get("samples") or []
     if samples:

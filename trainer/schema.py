@@ -178,14 +178,56 @@ class HardwareSchema:
 
 
 @dataclass
-class LocalHardwareSchema(HardwareSchema):
+class SkySchema:
+    """hardware.submit=skypilot: the SkyPilot task's resources and storage."""
+
+    #: GPUs per node, SkyPilot's spelling: ``L4:1``, ``A100-80GB:8``, ``H100:8``.
+    accelerators: str = "L4:1"
+    #: null: any cloud `sky check` enabled; else aws, gcp, azure, kubernetes, lambda, runpod ...
+    cloud: str | None = None
+    region: str | None = None
+    #: Spot (preemptible) instances: much cheaper; put the run dir on a bucket so that a relaunch resumes.
+    use_spot: bool = False
+    disk_size: int | None = None
+    #: A bucket (``s3://bucket/prefix``, ``gs://...``) for the run dir (runs/<run name>/<run dir name>) and the
+    #: cache: checkpoints outlive the cluster (spot preemption), and the next run reuses the cache.
+    bucket: str | None = None
+    #: Extras of this package the remote set-up installs.
+    extras: list[str] = field(default_factory=lambda: ["loggers"])
+    #: Environment variables for the task (names only in config; values from your environment: ``${oc.env:X}``).
+    envs: dict[str, str] = field(default_factory=dict)
+    #: Cluster name (null: hydratune-<run name>).
+    cluster: str | None = None
+    #: Tear the cluster down after the run dir is copied back.
+    down: bool = True
+    retry_until_up: bool = False
+    idle_minutes_to_autostop: int | None = None
+
+
+@dataclass
+class SubmittableHardwareSchema(HardwareSchema):
+    """Strategies whose processes hydratune starts itself: here, or on machines a scheduler gives it."""
+
+    #: Where the run's processes start: local (this machine, now), slurm (one sbatch job, <run dir>/job.sbatch; the
+    #: command waits for it) or skypilot (a SkyPilot task on a cloud GPU; the command waits and syncs the run dir back).
+    submit: str = "local"
+    #: Extra sbatch options with sbatch's own long names:
+    #: ``+hardware.sbatch.partition=gpu +hardware.sbatch.time=24:00:00``.
+    sbatch: dict[str, Any] = field(default_factory=dict)
+    #: Print what would run (launcher command, sbatch script, SkyPilot task, generated configs), start nothing.
+    dry_run: bool = False
+    sky: SkySchema = field(default_factory=SkySchema)
+
+
+@dataclass
+class LocalHardwareSchema(SubmittableHardwareSchema):
     """In this process, on the CPU or one GPU."""
 
     runner: ClassVar[str] = "launchers.local"
 
 
 @dataclass
-class DistributedHardwareSchema(HardwareSchema):
+class DistributedHardwareSchema(SubmittableHardwareSchema):
     """Several processes (and nodes) started by a real launcher."""
 
     runner: ClassVar[str] = "launchers.distributed"
@@ -206,18 +248,10 @@ class DistributedHardwareSchema(HardwareSchema):
     offload: bool = False
     #: A DeepSpeed JSON file of your own, used as is instead of the generated one.
     deepspeed_config: str | None = None
-    #: Print the launcher command and the generated DeepSpeed config, run nothing.
-    dry_run: bool = False
     #: Seconds the process group waits for all ranks.
     timeout_s: int = at_least(1, 1800)
     #: Where DeepSpeed keeps the ops it compiles on first use (compiled once, then reused by every run).
     torch_extensions_dir: str = "${cache_dir}/torch_extensions"
-    #: local: run the launcher on this node now. slurm: write <run dir>/job.sbatch (one torchrun per node,
-    #: c10d rendezvous on the first node) and submit it with sbatch (with dry_run: write it only).
-    submit: str = "local"
-    #: Extra sbatch options with sbatch's own long names:
-    #: ``+hardware.sbatch.partition=gpu +hardware.sbatch.time=24:00:00``.
-    sbatch: dict[str, Any] = field(default_factory=dict)
     #: PyTorch FSDP2 (hardware=fsdp); null: no FSDP. The layers to shard come from the model's _no_split_modules.
     fsdp: FsdpSchema | None = None
 
