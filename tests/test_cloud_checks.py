@@ -31,16 +31,14 @@ def test_every_cloud_option_composes_and_passes_the_checks(hardware, model):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["method=qlora"], "method=qlora is a local-only choice.*objective=supervised or dpo"),
+        (["method=qlora"], "method=qlora is a local-only choice.*objective=sft or dpo"),
         (["method=dora"], "method=dora is a local-only choice"),
         (["method.merge_adapter=true"], "local-only choice"),
         (["model=smollm2_135m"], "is a local model. Pick a provider model"),
         (["hardware.provider=anthropic"], "hardware.provider=anthropic is not a valid"),
-        (["hardware.objective=ppo"], "hardware.objective=ppo"),
         (["hardware.on_interrupt=detatch"], "Did you mean .detach."),
         (["hardware.n_epochs=0"], "hardware.n_epochs=0 must be a positive number or auto"),
         (["hardware.learning_rate_multiplier=fast"], "must be a positive number or auto"),
-        (["hardware.objective=dpo"], "needs preference pairs"),
         (["dataset=text"], "dataset.format=text"),
         (["model.encoding=null"], "model.encoding is not set"),
     ],

@@ -45,7 +45,7 @@ def test_preference_rows_become_openai_dpo_rows():
         "non_preferred_output": [{"role": "assistant", "content": "bad"}],
     }
     assert pd.validate([row], "train") == []
-    with pytest.raises(UserError, match="hardware.objective=dpo"):
+    with pytest.raises(UserError, match="set objective=dpo"):
         pd.convert([pref], "supervised")
     with pytest.raises(UserError, match="preference rows"):
         pd.convert([CHAT], "dpo")
@@ -139,7 +139,7 @@ FORMATS = {
     "sharegpt": ["dataset=sharegpt", f"dataset.path={DATA / 'sharegpt.jsonl'}", "+dataset.roles.bot=assistant"],
     "prompt_completion": ["dataset=prompt_completion", f"dataset.path={DATA / 'prompt_completion.csv'}"],
     "template": ["dataset=template", f"dataset.path={DATA / 'recipes.csv'}"],
-    "preference": ["dataset=preference", f"dataset.path={DATA / 'preference.jsonl'}", "hardware.objective=dpo"],
+    "preference": ["dataset=preference", f"dataset.path={DATA / 'preference.jsonl'}", "objective=dpo"],
 }
 
 

@@ -13,6 +13,7 @@ from launchers.cloud import client as cloud_client
 from launchers.cloud import jobs
 from tests.fake_provider import ALL_ROUTES, FakeProvider, files_containing, write_chat_dataset
 from tests.helpers import compose
+from trainer.config_checks import check_config
 from trainer.errors import UserError
 
 API_KEY = "sk-test-KEY-0123456789abcdef"
@@ -233,12 +234,18 @@ def test_few_shot_column_and_dpo_objective(fake, tmp_path, monkeypatch):
     }
     examples = SimpleNamespace(train=[pref] * 8, validation=[pref] * 2, skipped=[], warnings=[])
     monkeypatch.setattr("launchers.cloud.prepare.load_examples", lambda *a: examples)
-    cfg = cloud_cfg(
-        tmp_path / "dpo", fake, "dataset.format=preference", "hardware.objective=dpo", "hardware.dpo_beta=0.1"
-    )
+    cfg = cloud_cfg(tmp_path / "dpo", fake, "objective=dpo", "dataset.format=preference", "hardware.dpo_beta=0.1")
+    check_config(cfg)
     cloud.run(cfg, "train")
-    assert fake.job_requests[-1]["method"]["type"] == "dpo"
-    assert fake.job_requests[-1]["method"]["dpo"]["hyperparameters"]["beta"] == 0.1
+    job = fake.job_requests[-1]
+    assert job["method"]["type"] == "dpo"
+    assert job["method"]["dpo"]["hyperparameters"]["beta"] == 0.1
+    uploaded = fake.files[job["training_file"]]["_content"].decode().splitlines()
+    assert json.loads(uploaded[0]) == {  # OpenAI's preference format
+        "input": {"messages": pref["prompt"]},
+        "preferred_output": pref["chosen"],
+        "non_preferred_output": pref["rejected"],
+    }
     metrics = json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
     assert metrics["finetuned"]["exact_match"] == 1.0
 

@@ -17,7 +17,7 @@ from trainer.config_checks import check_config, check_schema
 from trainer.errors import UserError
 from trainer.schema import SCHEMAS, RootSchema
 
-GROUPS = ["model", "dataset", "method", "hardware", "logger", "eval", "experiment"]
+GROUPS = ["model", "dataset", "method", "hardware", "logger", "eval", "objective", "experiment"]
 
 
 def options(group: str) -> list[str]:
@@ -32,6 +32,8 @@ def required_overrides(group: str, option: str) -> list[str]:
         extra.append("model.name_or_path=some-org/some-model")
     if group == "dataset" and "path" not in own:
         extra.append("dataset.path=data.jsonl")
+    if group == "objective" and "teacher" in own:
+        extra.append("objective.teacher.name_or_path=some-org/some-teacher")
     return extra
 
 
@@ -79,9 +81,9 @@ def test_metrics_construct():
 
 
 def test_library_args_file_matches_installed_libraries():
-    from trainer.library_args import NODES, describe, recorded
+    from trainer.library_args import TARGETS, describe, recorded
 
-    for target in NODES.values():
+    for target in TARGETS:
         assert recorded()[target] == describe(target), f"run `python -m trainer.library_args` after upgrading {target}"
 
 

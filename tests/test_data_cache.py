@@ -28,7 +28,7 @@ def cfg_for(tmp_path, data, *overrides):
         f"dataset.path={data}",
         "dataset.validation_size=2",
         f"cache_dir={tmp_path / 'cache'}",
-        "train.max_length=128",
+        "++train.max_length=128",
         *overrides,
     )
 
@@ -60,7 +60,7 @@ def test_a_crashed_write_is_not_a_hit(tiny_tokenizer, tmp_path, data):
 
 
 CHANGES = {
-    "max_length": ["train.max_length=64"],
+    "max_length": ["++train.max_length=64"],
     "packing": ["+train.packing=true"],
     "train_on_all_tokens": ["dataset.train_on_all_tokens=true"],
     "split size": ["dataset.validation_size=3"],

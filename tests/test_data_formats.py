@@ -16,7 +16,7 @@ RECIPES = [json.loads(line)["messages"][-1]["content"] for line in (DATA / "chat
 
 
 def config(tmp_path, *overrides):
-    return compose("model=tiny_random", f"cache_dir={tmp_path / 'cache'}", "train.max_length=128", *overrides)
+    return compose("model=tiny_random", f"cache_dir={tmp_path / 'cache'}", "++train.max_length=128", *overrides)
 
 
 def label_text(tokenizer, ids, labels) -> str:
@@ -113,7 +113,7 @@ def test_preference_pairs_load_and_validate_but_do_not_train_with_sft(tiny_token
     first = examples.train[0]
     assert first["prompt"][-1]["role"] == "user" and first["chosen"][0]["role"] == "assistant"
     assert first["chosen"] != first["rejected"]
-    with pytest.raises(UserError, match="preference objective"):
+    with pytest.raises(UserError, match="preference objective"):  # the data path alone; compose-time: objectives.check
         prepare(cfg, tiny_tokenizer, None)
 
 

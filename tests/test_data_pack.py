@@ -29,7 +29,7 @@ def prepared_pair(tiny_tokenizer, tmp_path_factory):
         f"dataset.path={DATA / 'chat.jsonl'}",
         "dataset.validation_size=0",
         f"cache_dir={tmp / 'cache'}",
-        "train.max_length=256",
+        "++train.max_length=256",
     ]
     plain = prepare(compose(*common), tiny_tokenizer, None)
     packed = prepare(compose(*common, "+train.packing=true"), tiny_tokenizer, None)

@@ -31,7 +31,7 @@ def dataset_cfg(tmp_path, path, case: dict, on_error: str = "fail", *extra: str)
         f"dataset.on_error={on_error}",
         "dataset.validation_size=0",
         f"cache_dir={tmp_path / 'cache'}",
-        "train.max_length=128",
+        "++train.max_length=128",
         *extra,
     ]
     for role, template in case.get("templates", {}).items():

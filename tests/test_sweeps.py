@@ -167,12 +167,12 @@ def test_hparams_search_options_compose_and_name_real_keys(option):
     cfg = compose_with_hydra(f"hparams_search={option}")
     sweeper = cfg.hydra.sweeper
     assert "optuna" in sweeper._target_
-    assert sweeper.direction == cfg.objective.direction
+    assert sweeper.direction == cfg.optimize.direction
     for key in sweeper.params:
         assert OmegaConf.select(cfg, key) is not None, f"{option}: {key} is not a key of the composed config"
     # The option's own objective wins over the root config's default.
-    own = OmegaConf.load(Path(sweeps.__file__).parents[1] / "conf" / "hparams_search" / f"{option}.yaml").objective
-    assert cfg.objective.metric == own.metric and cfg.objective.direction.name == own.direction
+    own = OmegaConf.load(Path(sweeps.__file__).parents[1] / "conf" / "hparams_search" / f"{option}.yaml").optimize
+    assert cfg.optimize.metric == own.metric and cfg.optimize.direction.name == own.direction
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from trainer import objectives
 from trainer.errors import UserError, choice_error, closest
 from trainer.library_args import check_args
 from trainer.plain import plain_dict
@@ -27,7 +28,17 @@ CHOICES = {
     "model.source": {"hf", "gguf_wheel", "tiny_random", "provider"},
     "model.dtype": {"auto", "float32", "bfloat16", "float16"},
     "model.generation_padding_side": {"left", "right"},
-    "dataset.format": {"chat", "alpaca", "sharegpt", "prompt_completion", "text", "template", "preference"},
+    "dataset.format": {
+        "chat",
+        "alpaca",
+        "sharegpt",
+        "prompt_completion",
+        "text",
+        "template",
+        "preference",
+        "unpaired",
+        "prompt",
+    },
     "dataset.on_error": {"fail", "skip"},
     "method.name": {"full", "lora", "dora", "qlora"},
     "hardware.device": {"auto", "cpu", "cuda"},
@@ -46,7 +57,6 @@ SUBMITTABLE_CHOICES = {
     "hardware.submit": {"local", "slurm", "skypilot"},
 }
 CLOUD_CHOICES = {
-    "hardware.objective": {"supervised", "dpo"},
     "hardware.on_interrupt": {"detach", "cancel"},
 }
 PROVIDER_MODELS = {
@@ -93,7 +103,7 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise choice_error(key, value, allowed)
-    check_args("train", plain_dict(cfg.train))
+    objectives.check(cfg)  # the dataset shape, train and objective.args against the objective's TRL config class
     for node in ("peft", "quantization"):
         value = cfg.method[node]
         if value is not None:
@@ -125,12 +135,6 @@ def _check_combinations(cfg: DictConfig) -> None:
         )
     if method.peft is None and method.merge_adapter:
         raise UserError("method.merge_adapter=true needs an adapter method (lora, dora, qlora); method=full has none.")
-    if cfg.dataset.format == "preference" and OmegaConf.select(cfg, "hardware.objective") != "dpo":
-        raise UserError(
-            f"dataset.format=preference (prompt/chosen/rejected pairs) needs a preference objective (hardware=openai "
-            f"hardware.objective=dpo), and hardware={hw.name} trains with supervised fine-tuning. Use a chat, alpaca, sharegpt, prompt_completion, text or "
-            "template dataset here."
-        )
 
 
 def check_schema(cfg: DictConfig) -> None:
@@ -225,7 +229,7 @@ def _check_cloud(cfg: DictConfig) -> None:
         raise UserError(
             f"method={method.name} is a local-only choice (adapters, quantization and merging happen on "
             f"your own GPU) and hardware={hw.name} trains at the provider. The provider trains its own way: it "
-            "supports hardware.objective=supervised or dpo and the hyperparameters hardware.n_epochs, batch_size, "
+            "supports objective=sft or dpo and the hyperparameters hardware.n_epochs, batch_size, "
             "learning_rate_multiplier (a number or auto), seed and suffix. Leave method at its default (lora, "
             "ignored here) or pick a local hardware option."
         )
@@ -235,9 +239,4 @@ def _check_cloud(cfg: DictConfig) -> None:
             f"dataset.format=text (raw text for continued pretraining) cannot be sent to a chat "
             f"fine-tuning API (hardware={hw.name}). Use a chat, alpaca, sharegpt, prompt_completion or "
             "template dataset."
-        )
-    if hw.objective == "dpo" and fmt != "preference":
-        raise UserError(
-            f"hardware.objective=dpo needs preference pairs (dataset.format=preference with prompt, "
-            f"chosen, rejected), but dataset.format={fmt}. Use hardware.objective=supervised for it."
         )

@@ -1,6 +1,6 @@
 """Resolved config -> a fine-tuning run, top to bottom.
 
-model and tokenizer -> dataset (validated, tokenized, cached) -> adapter -> TRL SFTTrainer -> base evaluation
+model and tokenizer -> dataset in the objective's shape -> adapter -> the objective's TRL trainer -> base evaluation
 -> training (resumed from the last checkpoint when there is one) -> saved weights -> fine-tuned evaluation ->
 report. The training loop is TRL's; this module only builds things in order and logs what it built.
 """
@@ -21,15 +21,12 @@ from trainer import (
     estimate,
     evaluation,
     judge,
-    lm_head,
     loggers,
     models,
+    objectives,
     regression,
     report,
-    secrets,
 )
-from trainer.errors import UserError
-from trainer.plain import plain_dict
 
 log = logging.getLogger(__name__)
 
@@ -49,51 +46,26 @@ def weight_dtype(cfg: DictConfig, device: str) -> dict:
 def load_model_and_tokenizer(cfg: DictConfig, device: str, dtype: str):
     path = models.resolve_path(cfg.model, cfg.cache_dir)
     tokenizer, added_tokens = models.load_tokenizer(cfg.model, path)
-    model = models.load_model(cfg.model, cfg.method, path, tokenizer, device, dtype)
+    model = models.load_model(cfg.model, cfg.method, path, tokenizer, device, dtype, cfg.objective.head)
     log.info(
         "model %s (%s, %.1fM parameters) on %s", cfg.model.name_or_path, path, model.num_parameters() / 1e6, device
     )
     return path, tokenizer, added_tokens, model
 
 
-def sft_config(cfg: DictConfig, run_dir: Path, device: str):
-    """trl.SFTConfig from ``train`` plus what the run decides: output dir, seed, device, loggers."""
-    from trl import SFTConfig
-
-    args = plain_dict(cfg.train)
-    args.update(
-        output_dir=str(run_dir / "checkpoints"),
-        seed=cfg.seed,
-        use_cpu=device == "cpu",
-        report_to=loggers.report_to(cfg.logger, run_dir) + list(args.get("report_to") or []),
-        logging_steps=cfg.logger.logging_steps,
-        run_name=cfg.run_name,
-        dataset_kwargs={"skip_prepare_dataset": True},  # trainer.data already tokenized, truncated and packed
-    )
-    secrets.token_to_env(args)  # hub_token: into HF_TOKEN, never into training_args.bin
-    if args["bf16"] is None:
-        args["bf16"] = device == "cuda" and models.resolve_dtype("auto", device)[0] == "bfloat16"
-    if device != "cuda" and args.get("tf32"):
-        raise UserError(
-            "train.tf32=true enables TensorFloat-32 matrix products, which only NVIDIA Ampere (or newer) GPUs have, "
-            f"and this run is on the {device}. Set train.tf32=null (or run with hardware=single_gpu on such a GPU)."
-        )
-    return SFTConfig(**args)
-
-
 def build_trainer(cfg, run_dir: Path, device: str, model, tokenizer, prepared, peft_config=None):
-    """TRL's SFTTrainer over the prepared (already tokenized) data; the loop is TRL's."""
-    from trl import SFTTrainer
-
-    lm_head.score_labelled_positions_only()
-    return SFTTrainer(
+    """The objective's TRL trainer (objective.trainer: SFTTrainer, DPOTrainer ...) over the prepared data, with the
+    objective's extras (GRPO's reward functions, the distillation teacher); the loop is TRL's."""
+    trainer_class = objectives.trainer_class(cfg.objective)
+    return trainer_class(
         model=model,
-        args=sft_config(cfg, run_dir, device),
+        args=objectives.training_args(cfg, run_dir, device, loggers.report_to(cfg.logger, run_dir)),
         train_dataset=prepared.train,
         eval_dataset=prepared.validation if len(prepared.validation) else None,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=loggers.callbacks(cfg.logger, run_dir),
+        **objectives.extras(cfg, tokenizer, device),
     )
 
 
@@ -113,22 +85,24 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     model_path, tokenizer, added_tokens, model = load_model_and_tokenizer(
         cfg, device, results["hardware"]["model_dtype"]
     )
-    prepared = data.prepare(cfg, tokenizer, run_dir if main else None)
-    log.info("dataset: %d training / %d validation sequences", len(prepared.train), len(prepared.validation))
+    prepared = objectives.prepare(cfg, tokenizer, run_dir if main else None)
+    log.info("dataset: %d training / %d validation rows", len(prepared.train), len(prepared.validation))
 
-    peft_config = models.peft_config(cfg.method, added_tokens)
+    peft_config = objectives.peft_config(cfg, added_tokens)
     trainer = build_trainer(cfg, run_dir, device, model, tokenizer, prepared, peft_config)
     if peft_config is not None:
         trainer.model.print_trainable_parameters()
 
-    queries = evaluation.queries(prepared.examples.validation, cfg.eval.max_examples)
+    held_out = objectives.held_out(cfg, prepared.examples, cfg.eval.max_examples)
+    queries = held_out.queries
     dtype, target = results["hardware"]["model_dtype"], run_dir if main else None
-    forecast = estimate.for_run(
-        cfg, device, dtype, trainer.model, trainer.args, tokenizer, prepared, model_path, target
-    )
+    forecast = None  # the pre-flight estimate models supervised fine-tuning's workload (tokenized sequences)
+    if cfg.objective.data == "supervised":
+        args = (cfg, device, dtype, trainer.model, trainer.args, tokenizer, prepared, model_path, target)
+        forecast = estimate.for_run(*args)
     if cfg.eval.enabled and cfg.eval.compare_base:
         with before_training(trainer):
-            results.update(base_sections(cfg, trainer, tokenizer, queries, model_path, prepared, main))
+            results.update(base_sections(cfg, trainer, tokenizer, held_out, model_path, prepared, main))
 
     checkpoint = last_checkpoint(run_dir)
     if checkpoint:
@@ -146,7 +120,8 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
             tokenizer.save_pretrained(run_dir / "merged")
 
     if cfg.eval.enabled:  # on every rank: evaluation is collective (sharded loss; ZeRO-3 gathers weights to generate)
-        results["finetuned"] = evaluation.evaluate(trainer, tokenizer, cfg, queries, "finetuned")
+        base = results.get("base")
+        results["finetuned"] = objectives.evaluate(trainer, tokenizer, cfg, held_out, "finetuned", base)
         if "regression" in results:  # eval.regression: the probe set again, on the fine-tuned model
             tuned = regression.evaluate(trainer, tokenizer, cfg, "finetuned")
             results["regression"] = regression.section(cfg.eval.regression, results["regression"]["base"], tuned)
@@ -155,13 +130,16 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     if cfg.eval.enabled and endpoint_eval.configured(cfg.eval):
         results["compare"] = endpoint_eval.compare_models(cfg.eval, queries, run_dir=run_dir)
     results["data"] = {"cache_key": prepared.cache_key, "cache_hit": prepared.cache_hit, **prepared.stats}
-    results["estimate"] = estimate.measured(forecast, trainer.state.log_history)
+    if forecast is not None:
+        results["estimate"] = estimate.measured(forecast, trainer.state.log_history)
     if cfg.eval.enabled and judge.configured(cfg.eval.judge):
         results["judge"] = judge.run(cfg.eval.judge, results, cfg.cache_dir)
     if cfg.eval.enabled:
         seconds, train_rows = trained.metrics["train_runtime"], prepared.examples.train
         results["break_even"] = cost.local(cfg, seconds, results, tokenizer, queries, train_rows)
-    report.write_report(run_dir, results, trainer.state.log_history, f"hydratune run: {cfg.run_name}")
+    results["objective"] = {"name": cfg.objective.name, "headline": list(cfg.objective.headline)}  # the verdict's
+    title = f"hydratune run: {cfg.run_name} (objective={cfg.objective.name})"
+    report.write_report(run_dir, results, trainer.state.log_history, title)
     loggers.finish(trainer)
     log.info("report: %s (and report.html)", run_dir / "report.md")
     return results
@@ -186,15 +164,15 @@ def before_training(trainer):
         trainer.model._is_accelerate_prepared = False
 
 
-def base_sections(cfg, trainer, tokenizer, queries, model_path, prepared, main: bool = True) -> dict:
+def base_sections(cfg, trainer, tokenizer, held_out, model_path, prepared, main: bool = True) -> dict:
     """The base model's results (and, with eval.few_shot=K, the base model prompted with K demonstrations),
     cached across runs that share model, data and eval settings. Ranks other than 0 read the cache, never write it
     (a cache file this run writes appears only after the collective evaluation every rank has entered)."""
-    sections = {}
+    sections, queries = {}, held_out.queries
     file = evaluation.base_cache_file(cfg, model_path, queries, prepared.cache_key, "base")
     sections["base"] = evaluation.cached(
         file,
-        lambda: evaluation.evaluate(trainer, tokenizer, cfg, queries, "base"),
+        lambda: objectives.evaluate(trainer, tokenizer, cfg, held_out, "base"),
         cfg.eval.cache_base and (main or file.exists()),
     )
     if cfg.eval.regression:
@@ -233,11 +211,12 @@ def evaluate_only(cfg: DictConfig, run_dir: Path, device: str) -> dict:
         return results
     hardware = weight_dtype(cfg, device)
     _, tokenizer, _, model = load_model_and_tokenizer(cfg, device, hardware["model_dtype"])
-    prepared = data.prepare(cfg, tokenizer, run_dir)
+    prepared = objectives.prepare(cfg, tokenizer, run_dir)
     trainer = build_trainer(cfg, run_dir, device, model, tokenizer, prepared)
-    queries = evaluation.queries(prepared.examples.validation, cfg.eval.max_examples)
-    results = {"hardware": hardware, "base": evaluation.evaluate(trainer, tokenizer, cfg, queries, "base")}
+    held_out = objectives.held_out(cfg, prepared.examples, cfg.eval.max_examples)
+    results = {"hardware": hardware, "base": objectives.evaluate(trainer, tokenizer, cfg, held_out, "base")}
     if endpoint_eval.configured(cfg.eval):
-        results["compare"] = endpoint_eval.compare_models(cfg.eval, queries, run_dir=run_dir)
+        results["compare"] = endpoint_eval.compare_models(cfg.eval, held_out.queries, run_dir=run_dir)
+    results["objective"] = {"name": cfg.objective.name, "headline": list(cfg.objective.headline)}
     report.write_report(run_dir, results, [], f"hydratune eval: {cfg.model.name_or_path}")
     return results

@@ -111,8 +111,11 @@ def end_of_answer_tokens(model, tokenizer) -> list[int]:
     return [tokenizer.eos_token_id] + [t for t in known if t is not None and t != tokenizer.eos_token_id]
 
 
-def evaluate(trainer, tokenizer, cfg: DictConfig, qs: list[Query], label: str, run_loss: bool = True) -> dict:
-    """Loss/perplexity on the validation dataset (when there is one) and generation metrics on ``qs``."""
+def evaluate(
+    trainer, tokenizer, cfg: DictConfig, qs: list[Query], label: str, run_loss: bool = True, scorers: dict | None = None
+) -> dict:
+    """Loss/perplexity on the validation dataset (when there is one) and generation metrics on ``qs``;
+    ``scorers`` (name -> function of all the predictions) add numbers of their own (GRPO's mean reward)."""
     result: dict = {}
     if run_loss and trainer.eval_dataset is not None and len(trainer.eval_dataset) > 0:
         loss = trainer.evaluate(metric_key_prefix=f"{label}_eval")[f"{label}_eval_loss"]
@@ -125,6 +128,8 @@ def evaluate(trainer, tokenizer, cfg: DictConfig, qs: list[Query], label: str, r
     prompt_tokens = [len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
     answer_tokens = [len(tokenizer(p, add_special_tokens=False).input_ids) for p in predictions]
     result.update(scores(cfg.eval.metrics, qs, predictions, prompt_tokens, prompts, answer_tokens))
+    for name, scorer in (scorers or {}).items():
+        result[name] = scorer(predictions)
     return result
 
 
@@ -141,17 +146,18 @@ def scores(
     samples, and every example's answer and scores (``per_example``: the report's paired statistics, flips and
     example table; the report moves them from metrics.json into examples.jsonl)."""
     result: dict = {}
+    per_scores: dict[str, list[float]] = {}
     per_example = {
         "prompt": [p[-PROMPT_CHARS:] for p in shown],
         "reference": [q.reference for q in qs],
         "prediction": predictions,
         "prompt_tokens": prompt_tokens,
         "answer_tokens": answer_tokens,
-        "scores": {},
+        "scores": per_scores,
     }
     for metric in (build(m) for m in metric_cfgs):
         values = [float(metric(p, q.reference)) for p, q in zip(predictions, qs, strict=True)]
-        per_example["scores"][metric.name] = values
+        per_scores[metric.name] = values
         result[metric.name] = sum(values) / len(values)
     result["prompt_tokens_per_query"] = sum(prompt_tokens) / len(prompt_tokens)
     if answer_tokens is not None:
@@ -175,6 +181,7 @@ def base_cache_file(cfg: DictConfig, model_path: str, qs: list[Query], dataset_k
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "model_path": model_path,
         "eval": settings,
+        "objective": OmegaConf.to_container(cfg.objective, resolve=True),  # its loss and its own metrics
         "dataset": dataset_key,
         "queries": [[q.prompt, q.reference] for q in qs],
         "label": label,

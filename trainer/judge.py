@@ -20,6 +20,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from trainer.errors import UserError
 
@@ -110,7 +111,7 @@ class Judge:
                 f"uncached requests to {self.cfg.model}), above eval.judge.max_usd={self.cfg.max_usd}. Nothing was sent. "
                 "Raise eval.judge.max_usd, lower eval.judge.max_examples, or turn pairwise off (eval.judge.pairwise=false)."
             )
-        client = None
+        client: Any = None
         if estimate["cached"] < estimate["requests"]:
             from trainer import endpoint_eval
 

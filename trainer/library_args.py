@@ -1,6 +1,7 @@
 """The argument names and types of the library classes that config nodes pass through to.
 
-``train`` goes to trl.SFTConfig, ``method.peft`` to peft.LoraConfig and ``method.quantization`` to
+``train`` and ``objective.args`` go to the objective's TRL config class (``objective.config``: trl.SFTConfig,
+trl.DPOConfig ...), ``method.peft`` to peft.LoraConfig and ``method.quantization`` to
 transformers.BitsAndBytesConfig. Importing those libraries costs seconds (they import torch), so their
 signatures are recorded in library_args.json, generated from the installed libraries with
 
@@ -23,10 +24,21 @@ from typing import Any
 from trainer.errors import UserError, closest
 
 NODES = {
-    "train": "trl.SFTConfig",
+    "train": "trl.SFTConfig",  # the default objective's; check_args takes the configured objective's class
     "method.peft": "peft.LoraConfig",
     "method.quantization": "transformers.BitsAndBytesConfig",
 }
+#: The config classes of the objective options (conf/objective/*.yaml, ``objective.config``).
+OBJECTIVE_CONFIGS = (
+    "trl.SFTConfig",
+    "trl.DPOConfig",
+    "trl.KTOConfig",
+    "trl.experimental.orpo.ORPOConfig",
+    "trl.GRPOConfig",
+    "trl.RewardConfig",
+    "trl.DistillationConfig",
+)
+TARGETS = (*OBJECTIVE_CONFIGS, *NODES.values())
 _FILE = "library_args.json"
 
 
@@ -75,8 +87,8 @@ def recorded() -> dict[str, dict[str, list[str]]]:
     return json.loads((resources.files("trainer") / _FILE).read_text())
 
 
-def unknown_key_message(node: str, key: str) -> str:
-    target = NODES[node]
+def unknown_key_message(node: str, key: str, target: str | None = None) -> str:
+    target = target or NODES[node]
     return (
         f"'{node}.{key}' is not an argument of {target}.{closest(key, recorded()[target])} "
         f"'{node}' passes its keys to {target} unchanged, so they must be that class's own argument names "
@@ -93,15 +105,16 @@ def _kind_of(value: Any) -> str:
     return "list" if isinstance(value, list | tuple) else "dict" if isinstance(value, dict) else "any"
 
 
-def check_args(node: str, values: dict[str, Any]) -> None:
-    """Raise UserError for the first argument that the node's library class does not take or cannot accept."""
-    target = NODES[node]
+def check_args(node: str, values: dict[str, Any], target: str | None = None) -> None:
+    """Raise UserError for the first argument that the library class (the node's own, or ``target``) does not take
+    or cannot accept."""
+    target = target or NODES[node]
     known = recorded()[target]
     for key, value in values.items():
         if key == "_target_":
             continue
         if key not in known:
-            raise UserError(unknown_key_message(node, key))
+            raise UserError(unknown_key_message(node, key, target))
         allowed, given = known[key], _kind_of(value)
         ok = "any" in allowed or given in allowed or (given == "int" and "float" in allowed)
         if not ok:
@@ -112,7 +125,7 @@ def check_args(node: str, values: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    data = {target: describe(target) for target in NODES.values()}
+    data = {target: describe(target) for target in TARGETS}
     path = resources.files("trainer") / _FILE
     with resources.as_file(path) as file:
         file.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

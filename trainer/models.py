@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -89,10 +90,14 @@ def resolve_path(model_cfg: DictConfig, cache_dir: str | Path) -> str:
     if model_cfg.source == "hf":
         return model_cfg.name_or_path
     if model_cfg.source == "tiny_random":
-        folder = cache / "tiny-random-llama"
+        # tiny-random-llama (seed 0); any other name is another tiny model with the same tokenizer and weights seeded
+        # by the name (a distinct teacher for objective=distill tests)
+        name = str(model_cfg.name_or_path)
+        folder = cache / ("tiny-random-llama" if name == "tiny-random-llama" else f"tiny-random-llama-{name}")
         if not (folder / "config.json").exists():
             tokenizer = tiny_tokenizer()
-            _save_atomically(folder, tiny_model(tokenizer), tokenizer)
+            seed = 0 if name == "tiny-random-llama" else int.from_bytes(hashlib.sha256(name.encode()).digest()[:4])
+            _save_atomically(folder, tiny_model(tokenizer, seed), tokenizer)
         return str(folder)
     if model_cfg.source == "gguf_wheel":
         gguf = find_packaged_file(model_cfg.name_or_path)
@@ -227,10 +232,19 @@ def torch_dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def load_model(model_cfg: DictConfig, method_cfg: DictConfig, path: str, tokenizer, device: str, dtype: str):
+def load_model(
+    model_cfg: DictConfig,
+    method_cfg: DictConfig,
+    path: str,
+    tokenizer,
+    device: str,
+    dtype: str,
+    head: str = "causal_lm",
+):
     """The base model on ``device`` in ``dtype`` (see :func:`resolve_dtype`), quantized when the method asks for it,
-    embeddings grown for new tokens."""
-    from transformers import AutoModelForCausalLM
+    embeddings grown for new tokens. ``head``: causal_lm (generates) or sequence_classification (one score per
+    sequence: a reward model)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     kwargs = {
         "revision": model_cfg.revision,
@@ -242,10 +256,13 @@ def load_model(model_cfg: DictConfig, method_cfg: DictConfig, path: str, tokeniz
     if method_cfg.quantization is not None:
         kwargs["quantization_config"] = build(method_cfg.quantization)
         kwargs["device_map"] = {"": 0}
-    model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if head == "sequence_classification":
+        kwargs.update(num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    auto = AutoModelForSequenceClassification if head == "sequence_classification" else AutoModelForCausalLM
+    model: Any = auto.from_pretrained(path, **kwargs)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
-    if model.generation_config is not None:
+    if getattr(model, "generation_config", None) is not None:  # a reward model (sequence classification) has none
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if method_cfg.quantization is None:
         model.to(device)

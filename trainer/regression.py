@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from trainer import stats
 from trainer.errors import UserError
@@ -77,7 +78,7 @@ def evaluate(trainer, tokenizer, cfg, label: str) -> dict:
         for i in items
     ]
     prompts = [evaluation.render(tokenizer, q) for q in queries]
-    eval_cfg = OmegaConf.merge(cfg.eval, {})
+    eval_cfg: Any = OmegaConf.create(OmegaConf.to_container(cfg.eval, resolve=True))
     eval_cfg.generation.max_new_tokens = min(MAX_NEW_TOKENS, cfg.eval.generation.max_new_tokens)
     started = time.perf_counter()
     answers = evaluation.generate(trainer.model, tokenizer, prompts, eval_cfg, desc=f"regression probe ({label})")

@@ -229,7 +229,7 @@ def comparison_rows(metrics: dict) -> tuple[list[str], list[tuple[str, list[str]
     for name in names:
         cells = [_fmt(metrics[s].get(name)) for s in sections]
         if change:
-            same_data = name == "examples"  # a count, not a score: no change to show
+            same_data = name in ("examples", "pairs")  # a count, not a score: no change to show
             cells.append("-" if same_data else _delta(metrics["base"].get(name), metrics["finetuned"].get(name), name))
         cells += [_fmt(values.get(name)) for _, values in others]
         rows.append((name, cells))
@@ -249,14 +249,18 @@ def headline(metrics: dict) -> dict | None:
 
 
 def verdict(metrics: dict) -> str:
+    """About the objective's headline metric (metrics.json ``objective.headline``: pair_accuracy for DPO, the mean
+    reward for GRPO ...; exact_match, token_f1, eval_loss for supervised fine-tuning), the first one both have."""
+    base, tuned = metrics.get("base") or {}, metrics.get("finetuned") or {}
+    wanted = (metrics.get("objective") or {}).get("headline") or ["exact_match", "token_f1", "eval_loss"]
+    first = next((name for name in wanted if name in base and name in tuned), None)
     c = headline(metrics)
-    if c is not None:
+    if c is not None and (first is None or c["metric"] == first):
         word = {"better": "beat", "worse": "was WORSE than"}.get(c["verdict"], "did NOT beat")
         lead = f"**The fine-tuned model {word} the {heading(c['reference'])} on {c['metric']}**"
         detail = stats.Comparison(**c).sentence(_HEADINGS).split(": ", 1)[1]
         return f"{lead}: {detail}"
-    base, tuned = metrics.get("base") or {}, metrics.get("finetuned") or {}
-    for name in ("exact_match", "token_f1", "eval_loss"):
+    for name in wanted:
         if name in base and name in tuned:
             better = tuned[name] < base[name] if name in LOWER_IS_BETTER else tuned[name] > base[name]
             word = "beat" if better else "did NOT beat"

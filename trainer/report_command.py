@@ -52,7 +52,9 @@ def objective_of(run_dirs: list[Path]) -> tuple[str, str]:
     for run in run_dirs:
         if (run / "config.yaml").is_file():
             cfg = OmegaConf.load(run / "config.yaml")
-            if "objective" in cfg:
+            if "optimize" in cfg:
+                return str(cfg.optimize.metric), str(cfg.optimize.direction)
+            if "metric" in (cfg.get("objective") or {}):  # a run recorded before the sweep's key was renamed
                 return str(cfg.objective.metric), str(cfg.objective.direction)
     return "finetuned.eval_loss", "minimize"
 

@@ -28,7 +28,7 @@ STATUS = "status.json"
 LOCK = "run.lock"
 #: Config keys that may differ when a run resumes: where things go and how they are logged and evaluated.
 RESUME_FREE = (
-    "output_dir", "overwrite", "cache_dir", "resume", "run_name", "hardware", "logger", "eval", "objective", "serve",
+    "output_dir", "overwrite", "cache_dir", "resume", "run_name", "hardware", "logger", "eval", "optimize", "serve",
     "export",
 )  # fmt: skip
 
@@ -294,10 +294,10 @@ def finished(cfg: DictConfig, command: str, started: float) -> float | None:
     run_dir = Path(cfg.output_dir)
     metrics_file = run_dir / "metrics.json"
     metrics = _json(metrics_file)
-    value = objective(metrics, cfg.objective.metric)
+    value = objective(metrics, cfg.optimize.metric)
     if value is None and command == "train":
-        log.warning("objective %s is not in %s: this run has no objective value", cfg.objective.metric, metrics_file)
-    _write_status(run_dir, "ok", command, started, objective=value, objective_metric=cfg.objective.metric)
+        log.warning("objective %s is not in %s: this run has no objective value", cfg.optimize.metric, metrics_file)
+    _write_status(run_dir, "ok", command, started, objective=value, objective_metric=cfg.optimize.metric)
     return value
 
 

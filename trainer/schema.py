@@ -304,15 +304,13 @@ class CloudHardwareSchema(HardwareSchema):
     project: str | None = None
     #: Azure API version (null lets the SDK read OPENAI_API_VERSION).
     api_version: str | None = None
-    #: Training objective at the provider: supervised or dpo.
-    objective: str = "supervised"
     #: Provider hyperparameters: a number or "auto".
     n_epochs: Any = "auto"
     batch_size: Any = "auto"
     learning_rate_multiplier: Any = "auto"
     seed: int | None = at_least(0, None)
     suffix: str | None = None
-    #: DPO's beta (objective=dpo only): a number or "auto".
+    #: The provider's DPO beta (objective=dpo only): a number or "auto".
     dpo_beta: Any = "auto"
     #: Azure: name of an existing deployment of the base model, for the base (and few-shot) evaluation columns
     #: (null: those columns are skipped on Azure). OpenAI evaluates the base model by its name.
@@ -529,7 +527,7 @@ class EndpointSchema:
     usd_per_million_output_tokens: float | None = None
 
 
-# ---------------------------------------------------------------- objective
+# ---------------------------------------------------------------- optimize (what a sweep optimizes)
 
 
 class Direction(Enum):
@@ -538,12 +536,52 @@ class Direction(Enum):
 
 
 @dataclass
-class ObjectiveSchema:
+class OptimizeSchema:
     #: The number a sweep optimizes and its summary ranks runs by: a dotted path into the run's metrics.json,
     #: e.g. finetuned.eval_loss, finetuned.exact_match, base.token_f1 (provider runs: job.final.eval_loss).
     metric: str = "finetuned.eval_loss"
     #: minimize or maximize the metric.
     direction: Direction = Direction.minimize
+
+
+# ---------------------------------------------------------------- training objective (objective=...)
+
+
+@dataclass
+class ObjectiveSchema:
+    #: sft, dpo, kto, orpo, grpo, reward or distill.
+    name: str = MISSING
+    #: TRL's trainer class and its config class (dotted paths). ``train`` and ``objective.args`` both go to the
+    #: config class, checked against its installed signature.
+    trainer: str = MISSING
+    config: str = MISSING
+    #: The dataset shape it trains on: supervised (chat, alpaca, ...), preference (prompt/chosen/rejected pairs),
+    #: unpaired (prompt/completion/label; preference pairs are unpaired) or prompts (prompts only; answers, when the
+    #: data has them, reach reward functions as ``reference``).
+    data: str = MISSING
+    #: The model head: causal_lm (a generating model) or sequence_classification (a reward model: one score).
+    head: str = "causal_lm"
+    #: True for a trainer from trl.experimental, whose API may change between TRL releases.
+    experimental: bool = False
+    #: The objective's own arguments of its config class, with TRL's names (beta, loss_type, num_generations ...).
+    args: dict[str, Any] = field(default_factory=dict)
+    #: The metrics the report's verdict states, first match wins (both base and fine-tuned must have it).
+    headline: list[str] = field(default_factory=lambda: ["exact_match", "token_f1", "eval_loss"])
+    #: Provider -> the provider's name for this objective (openai: supervised, dpo); a provider not listed lacks it.
+    providers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RewardObjectiveSchema(ObjectiveSchema):
+    #: GRPO's reward functions: ``_target_`` callables (trainer.rewards.*, or your own) taking TRL's
+    #: (prompts, completions, **columns) and returning one float per completion.
+    reward_funcs: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class DistillObjectiveSchema(ObjectiveSchema):
+    #: The teacher model, with the fields of ``model`` (source, name_or_path, dtype ...); it shares the tokenizer.
+    teacher: ModelSchema = field(default_factory=ModelSchema)
 
 
 # ---------------------------------------------------------------- serve, export
@@ -631,7 +669,7 @@ class RootSchema:
     hardware: HardwareSchema = MISSING
     logger: LoggerSchema = MISSING
     eval: EvalSchema = MISSING
-    #: Passed to trl.SFTConfig with TRL's own field names (max_steps, learning_rate, ...).
+    #: Passed to the objective's TRL config class (objective.config) with TRL's own field names (max_steps, ...).
     train: dict[str, Any] = field(default_factory=dict)
     #: Global seed (data order, initialisation, generation).
     seed: int = at_least(0, 42)
@@ -644,7 +682,9 @@ class RootSchema:
     #: Files written by the run go here (Hydra's run dir).
     output_dir: str = "${hydra:runtime.output_dir}"
     #: What a sweep optimizes (hparams_search=...) and what its summary table is sorted by.
-    objective: ObjectiveSchema = field(default_factory=ObjectiveSchema)
+    optimize: OptimizeSchema = field(default_factory=OptimizeSchema)
+    #: The training objective (conf/objective/: sft, dpo, kto, orpo, grpo, reward, distill).
+    objective: ObjectiveSchema = MISSING
     #: How an unfinished run in the same directory is resumed.
     resume: ResumeSchema = field(default_factory=ResumeSchema)
     #: `hydratune serve`: the serving engine and its settings (serve=transformers or serve=vllm).
@@ -664,6 +704,9 @@ SCHEMAS: dict[tuple[str | None, str], type] = {
     ("hardware", "schema_together"): TogetherHardwareSchema,
     ("logger", "schema_logger"): LoggerSchema,
     ("eval", "schema_eval"): EvalSchema,
+    ("objective", "schema_objective"): ObjectiveSchema,
+    ("objective", "schema_objective_reward"): RewardObjectiveSchema,
+    ("objective", "schema_objective_distill"): DistillObjectiveSchema,
     ("serve", "schema_serve"): ServeSchema,
 }
 

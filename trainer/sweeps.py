@@ -64,7 +64,7 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        metric, direction = str(config.objective.metric), config.objective.direction
+        metric, direction = str(config.optimize.metric), config.optimize.direction
         FAILED[:] = [f"{r.name} ({r.status})" for r in read_runs(sweep_dir, metric) if r.status != "ok"]
         try:
             written = write_summary(sweep_dir, metric, getattr(direction, "name", str(direction)))

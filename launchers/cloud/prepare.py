@@ -13,7 +13,7 @@ from typing import Any
 
 from launchers.cloud import lifecycle, pricing, provider_data, tokens
 from launchers.cloud import provider as provider_api
-from trainer import atomic
+from trainer import atomic, objectives
 
 log = logging.getLogger(__name__)
 TRAIN_FILE, VALIDATION_FILE, ESTIMATE_FILE = "provider_train.jsonl", "provider_validation.jsonl", "cloud_estimate.json"
@@ -66,8 +66,9 @@ def _prepare(cfg: Any, run_dir: Path) -> Prepared:
         log.warning("%s", warning)
     if examples.skipped:
         log.warning("%d row(s) skipped (dataset.on_error=skip)", len(examples.skipped))
-    train = provider_data.convert(list(examples.train), hw.objective)
-    validation = provider_data.convert(list(examples.validation), hw.objective)
+    method = objectives.provider_method(cfg)
+    train = provider_data.convert(list(examples.train), method)
+    validation = provider_data.convert(list(examples.validation), method)
     provider_data.raise_if_invalid(
         provider_data.validate(train, "train") + provider_data.validate(validation, "validation")
     )

@@ -33,8 +33,7 @@ def to_supervised(row: dict[str, Any]) -> dict[str, Any]:
     if "chosen" in row:
         raise UserError(
             "The dataset holds preference rows (prompt, chosen, rejected), which need the DPO objective: "
-            "set hardware.objective=dpo, or use a chat or prompt/completion dataset for supervised "
-            "fine-tuning."
+            "set objective=dpo, or use a chat or prompt/completion dataset for supervised fine-tuning."
         )
     return _unsupported(row)
 
@@ -42,8 +41,8 @@ def to_supervised(row: dict[str, Any]) -> dict[str, Any]:
 def to_dpo(row: dict[str, Any]) -> dict[str, Any]:
     if "chosen" not in row or "rejected" not in row:
         raise UserError(
-            "hardware.objective=dpo needs preference rows (prompt, chosen, rejected): use "
-            "dataset.format=preference, or hardware.objective=supervised for this dataset."
+            "objective=dpo needs preference rows (prompt, chosen, rejected): use "
+            "dataset.format=preference, or objective=sft for this dataset."
         )
     prompt = row["prompt"]
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)

@@ -4,6 +4,8 @@
 - prompt_completion -> ``{"prompt": str, "completion": str}``
 - text -> ``{"text": str}``
 - preference -> ``{"prompt": [messages], "chosen": [messages], "rejected": [messages]}`` (TRL's conversational form)
+- unpaired -> ``{"prompt": [messages], "completion": [messages], "label": bool}`` (KTO: one answer, good or bad)
+- prompt -> ``{"prompt": [messages] or str, "reference": str or None}`` (GRPO, distillation: prompts only)
 
 A normaliser takes one raw row and returns the canonical row, or raises :class:`Invalid` with everything that is
 wrong with it (each problem a short phrase; the caller prefixes ``file:line``).
@@ -19,7 +21,7 @@ from typing import Any
 from trainer.errors import UserError, closest
 from trainer.schema import SourceSchema, TemplatesSchema
 
-FORMATS = ("chat", "alpaca", "sharegpt", "prompt_completion", "text", "template", "preference")
+FORMATS = ("chat", "alpaca", "sharegpt", "prompt_completion", "text", "template", "preference", "unpaired", "prompt")
 ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = {"role", "content", "name", "weight"}
 
@@ -32,6 +34,8 @@ DEFAULT_COLUMNS: dict[str, dict[str, str]] = {
     "text": {"text": "text"},
     "template": {},
     "preference": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
+    "unpaired": {"prompt": "prompt", "completion": "completion", "label": "label"},
+    "prompt": {"prompt": "prompt", "reference": "reference"},
 }
 #: Source role name -> chat role, per format; ``dataset.roles`` adds or overrides entries.
 DEFAULT_ROLES: dict[str, dict[str, str]] = {
@@ -83,6 +87,10 @@ def make_normaliser(source: SourceSchema, ignored: Counter) -> Normaliser:
         return _text(columns, ignored)
     if fmt == "template":
         return _template(source.templates, ignored)
+    if fmt == "unpaired":
+        return _unpaired(columns, roles, ignored)
+    if fmt == "prompt":
+        return _prompt(columns, roles, ignored)
     return _preference(columns, roles, ignored)
 
 
@@ -349,5 +357,56 @@ def _preference(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
         if chosen == rejected:
             raise Invalid("chosen and rejected are identical")
         return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+    return normalise
+
+
+# ---------------------------------------------------------------- unpaired answers and prompts only
+
+
+def _turns(chat: Normaliser, row: dict, column: str, role: str, need_assistant: bool) -> list[dict]:
+    """A string (one message of ``role``) or a list of messages."""
+    value = row.get(column)
+    if isinstance(value, str):
+        if not value.strip():
+            raise Invalid(f"'{column}' is empty")
+        return [{"role": role, "content": value}]
+    if value is None:
+        raise Invalid(f"no '{column}' field (keys: {_keys(row)})")
+    return chat.messages(value, column, need_assistant)
+
+
+def _unpaired(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
+    chat = _chat({"messages": "messages", "role": "role", "content": "content"}, roles, Counter())
+    used = set(columns.values())
+
+    def normalise(row: Any) -> dict:
+        row = _object(row)
+        _count_ignored(row, used, ignored)
+        prompt = _turns(chat, row, columns["prompt"], "user", False)
+        completion = _turns(chat, row, columns["completion"], "assistant", True)
+        label = row.get(columns["label"])
+        if not isinstance(label, bool):
+            raise Invalid(f"'{columns['label']}' must be true (a good answer) or false (a bad one), got {label!r}")
+        if prompt[-1]["role"] == "assistant":
+            raise Invalid("the prompt ends with an assistant message; it should end with the user's turn")
+        return {"prompt": prompt, "completion": completion, "label": label}
+
+    return normalise
+
+
+def _prompt(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
+    chat = _chat({"messages": "messages", "role": "role", "content": "content"}, roles, Counter())
+    used = set(columns.values())
+
+    def normalise(row: Any) -> dict:
+        row = _object(row)
+        _count_ignored(row, used, ignored)
+        raw = row.get(columns["prompt"])
+        prompt = raw if isinstance(raw, str) and raw.strip() else _turns(chat, row, columns["prompt"], "user", False)
+        if isinstance(prompt, list) and prompt[-1]["role"] == "assistant":
+            raise Invalid("the prompt ends with an assistant message; it should end with the user's turn")
+        reference = _string(row, columns["reference"], required=False) or None
+        return {"prompt": prompt, "reference": reference}
 
     return normalise

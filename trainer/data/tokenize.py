@@ -233,8 +233,8 @@ class Encoder:
             text = row["prompt"] + row["completion"]
             return text, [(0 if self.all_tokens else len(row["prompt"]), len(text))], True
         raise UserError(
-            "preference data (prompt/chosen/rejected) needs a preference objective (e.g. DPO); "
-            "supervised fine-tuning cannot use it. Choose a chat, prompt_completion or text dataset."
+            "preference data (prompt/chosen/rejected) needs a preference objective (objective=dpo, orpo, kto or "
+            "reward); supervised fine-tuning cannot use it. Choose a chat, prompt_completion or text dataset."
         )
 
     # ------------------------------------------------------------ encode

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from launchers.cloud.provider import FileInfo, Job, JobError, pages
+from trainer import objectives
 from trainer.errors import UserError
 
 MAX_LIST_PAGES = 50
@@ -87,14 +88,14 @@ class OpenAI:
     # ------------------------------------------------------------ jobs
 
     def job_args(self, cfg: Any, model: str, training_file: str, validation_file: str | None, run_id: str) -> dict:
-        hw = cfg.hardware
+        hw, method = cfg.hardware, objectives.provider_method(cfg)  # supervised or dpo, from objective=...
         hyper = {k: _number_or_auto(hw[k]) for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
-        if hw.objective == "dpo":
+        if method == "dpo":
             hyper["beta"] = _number_or_auto(hw.dpo_beta)
         out: dict[str, Any] = {
             "model": model,
             "training_file": training_file,
-            "method": {"type": hw.objective, hw.objective: {"hyperparameters": hyper}},
+            "method": {"type": method, method: {"hyperparameters": hyper}},
         }
         if validation_file:
             out["validation_file"] = validation_file

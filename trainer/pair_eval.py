@@ -1,0 +1,121 @@
+"""The objectives' own held-out numbers: how a model ranks preference pairs, and the reward of its answers.
+
+- A generating model (causal LM) prefers the chosen answer of a pair when its summed log-probability of the chosen
+  answer's tokens, given the prompt, is above the rejected one's. ``pair_accuracy`` is the share of held-out pairs
+  where it does, ``pair_margin`` the mean log-probability difference (nats). Against a reference model's margins
+  (the base model's, measured before training) come DPO's implicit rewards: ``reward_accuracy`` is the share of
+  pairs whose margin grew, ``reward_margin`` the mean growth.
+- A reward model (sequence classification) prefers chosen when it scores the whole chosen conversation higher:
+  ``pair_accuracy`` is its pairwise accuracy, ``pair_margin`` the mean score difference.
+- ``mean_reward``: the mean, over held-out prompts, of the summed reward functions on the generated answers.
+"""
+
+from __future__ import annotations
+
+
+def _render(tokenizer, prompt, answer) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt (with the generation prompt) and of the answer that follows it."""
+    if isinstance(prompt, str):
+        prompt_text, answer_text = prompt, answer if isinstance(answer, str) else answer[-1]["content"]
+    else:
+        answer = [{"role": "assistant", "content": answer}] if isinstance(answer, str) else answer
+        prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
+        answer_text = full[len(prompt_text) :] if full.startswith(prompt_text) else answer[-1]["content"]
+    encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    return encode(prompt_text), encode(answer_text)
+
+
+def _answer_logps(model, tokenizer, items: list[tuple[list[int], list[int]]], batch_size: int) -> list[float]:
+    """Summed log-probability of each answer's tokens given its prompt (teacher forcing, right padding)."""
+    import torch
+
+    out: list[float] = []
+    pad = tokenizer.pad_token_id
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        width = max(len(p) + len(a) for p, a in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        answer = torch.zeros((len(batch), width), dtype=torch.bool)
+        for i, (p, a) in enumerate(batch):
+            ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+            mask[i, : len(p) + len(a)] = 1
+            answer[i, len(p) : len(p) + len(a)] = True
+        ids, mask, answer = ids.to(model.device), mask.to(model.device), answer.to(model.device)
+        with torch.inference_mode():
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        out += (logps * answer[:, 1:]).sum(-1).tolist()
+    return out
+
+
+def _scores(model, tokenizer, texts: list[str], batch_size: int) -> list[float]:
+    """A reward model's score of each whole conversation."""
+    import torch
+
+    out: list[float] = []
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    try:
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True)
+            with torch.inference_mode():
+                out += model(**enc.to(model.device)).logits[:, 0].float().tolist()
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def pair_margins(model, tokenizer, pairs: list[dict], batch_size: int, head: str = "causal_lm") -> list[float]:
+    """Per pair: the model's preference for chosen over rejected (log-prob or score difference)."""
+    was_training = model.training
+    model.eval()
+    try:
+        if head == "sequence_classification":
+            texts = [
+                tokenizer.apply_chat_template(
+                    _as_messages(p["prompt"]) + _as_messages(p[side], "assistant"), tokenize=False
+                )
+                for p in pairs
+                for side in ("chosen", "rejected")
+            ]
+            scores = _scores(model, tokenizer, texts, batch_size)
+        else:
+            items = [_render(tokenizer, p["prompt"], p[side]) for p in pairs for side in ("chosen", "rejected")]
+            scores = _answer_logps(model, tokenizer, items, batch_size)
+    finally:
+        model.train(was_training)
+    return [scores[2 * i] - scores[2 * i + 1] for i in range(len(pairs))]
+
+
+def _as_messages(value, role: str = "user") -> list[dict]:
+    return [{"role": role, "content": value}] if isinstance(value, str) else list(value)
+
+
+def pair_metrics(
+    model, tokenizer, pairs: list[dict], batch_size: int, head: str = "causal_lm", reference: dict | None = None
+) -> dict:
+    margins = pair_margins(model, tokenizer, pairs, batch_size, head)
+    result = {
+        "pair_accuracy": sum(m > 0 for m in margins) / len(margins),
+        "pair_margin": sum(margins) / len(margins),
+        "pairs": len(margins),
+        "pair_margins": margins,  # per pair, for the reward accuracy against this model as the reference
+    }
+    base = (reference or {}).get("pair_margins")
+    if base is not None and len(base) == len(margins):
+        rewards = [m - b for m, b in zip(margins, base, strict=True)]
+        result["reward_accuracy"] = sum(r > 0 for r in rewards) / len(rewards)
+        result["reward_margin"] = sum(rewards) / len(rewards)
+    return result
+
+
+def mean_reward(reward_funcs: list, rows: list[dict], predictions: list[str]) -> float:
+    """Mean over prompts of the summed rewards of the generated answers (rows hold the prompt and the columns)."""
+    columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
+    prompts = [r["prompt"] for r in rows]
+    totals = [0.0] * len(predictions)
+    for func in reward_funcs:
+        for i, value in enumerate(func(prompts=prompts, completions=predictions, **columns)):
+            totals[i] += value
+    return sum(totals) / len(totals) if totals else 0.0
