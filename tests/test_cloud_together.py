@@ -64,7 +64,7 @@ def test_prepare_estimates_before_anything_is_sent(fake, tmp_path, cache_dir, ca
     assert fake.requests == []
     estimate = json.loads((Path(cfg.output_dir) / "cloud_estimate.json").read_text())["estimate"]
     assert estimate["epochs"] == 1 and estimate["usd"] == round(estimate["billed_tokens"] / 1e6 * 0.48, 4)
-    full_dpo = together_cfg(tmp_path / "full", cache_dir, "hardware.lora=false", "hardware.objective=dpo")
+    full_dpo = together_cfg(tmp_path / "full", cache_dir, "hardware.lora=false", "objective=dpo")
     assert provider_prices(full_dpo)["meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"] == pytest.approx(0.54 * 2.5)
 
 
@@ -138,7 +138,7 @@ def test_dpo_objective_with_its_own_hyperparameters(fake, tmp_path, cache_dir, m
     }
     examples = SimpleNamespace(train=[pref] * 8, validation=[pref] * 2, skipped=[], warnings=[])
     monkeypatch.setattr("launchers.cloud.prepare.load_examples", lambda *a: examples)
-    extra = ["dataset.format=preference", "hardware.objective=dpo", "hardware.dpo_beta=0.2", "eval.enabled=false"]
+    extra = ["dataset.format=preference", "objective=dpo", "hardware.dpo_beta=0.2", "eval.enabled=false"]
     cfg = together_cfg(tmp_path, cache_dir, *extra)
     cloud.run(cfg, "train")
     method = fake.job_requests[-1]["training_method"]

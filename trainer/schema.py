@@ -342,8 +342,6 @@ class TogetherHardwareSchema(HardwareSchema):
     base_url: str | None = None
     #: API key; leave null so the SDK reads TOGETHER_API_KEY. Never written to disk.
     api_key: str | None = None
-    #: Training objective: supervised (Together's training_method=sft) or dpo.
-    objective: str = "supervised"
     n_epochs: int = 1
     learning_rate: float = 1.0e-5
     #: A number or "max" (the largest the model allows).

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from launchers.cloud.provider import FileInfo, Job, JobError
+from trainer import objectives
 from trainer.errors import UserError, choice_error
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class Together:
     def price_table(self, cfg: Any) -> dict[str, float]:
         hw = cfg.hardware
         table = hw.price_per_million_training_tokens if hw.lora else hw.full_price_per_million_training_tokens
-        factor = float(hw.dpo_price_multiplier) if hw.objective == "dpo" else 1.0
+        factor = float(hw.dpo_price_multiplier) if objectives.provider_method(cfg) == "dpo" else 1.0
         return {str(k): float(v) * factor for k, v in table.items()}
 
     def epochs(self, cfg: Any) -> Any:
@@ -136,11 +137,11 @@ class Together:
     # ------------------------------------------------------------ jobs
 
     def job_args(self, cfg: Any, model: str, training_file: str, validation_file: str | None, run_id: str) -> dict:
-        hw = cfg.hardware
+        hw, dpo = cfg.hardware, objectives.provider_method(cfg) == "dpo"
         args: dict[str, Any] = {
             "model": model,
             "training_file": training_file,
-            "training_method": "dpo" if hw.objective == "dpo" else "sft",
+            "training_method": "dpo" if dpo else "sft",
             "n_epochs": int(hw.n_epochs),
             "learning_rate": float(hw.learning_rate),
             "batch_size": hw.batch_size if hw.batch_size == "max" else int(hw.batch_size),
@@ -152,14 +153,14 @@ class Together:
             "n_evals": int(hw.n_evals),
             "n_checkpoints": int(hw.n_checkpoints),
         }
-        if hw.objective != "dpo":
+        if not dpo:
             args["train_on_inputs"] = hw.train_on_inputs  # Together takes it for SFT only
         if hw.lora:
             args.update(lora_dropout=float(hw.lora_dropout), lora_trainable_modules=str(hw.lora_trainable_modules))
             args.update({k: hw[k] for k in ("lora_r", "lora_alpha") if hw[k] is not None})
         optional = {"max_seq_length": hw.max_seq_length, "random_seed": hw.random_seed, "suffix": hw.suffix}
         args.update({k: v for k, v in optional.items() if v is not None})
-        if hw.objective == "dpo" and hw.dpo_beta is not None:
+        if dpo and hw.dpo_beta is not None:
             args["dpo_beta"] = float(hw.dpo_beta)
         if validation_file:
             args["validation_file"] = validation_file
