@@ -68,7 +68,7 @@ def test_retired_model_stops_the_command_before_anything_runs(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     message = done.stderr.replace("\n", " ")
     assert "gpt-3.5-turbo-0125 is retired at openai: new fine-tuning jobs closed on 2026-10-23" in message
-    assert "Instead use: model=gpt_4o_mini or model=gpt_4_1_mini" in message and "Together AI" in message
+    assert "Instead use: model=gpt_4o_mini or model=gpt_4_1_mini" in message and "hardware=together" in message
     assert not (run_dir / "config.yaml").exists()  # refused before the run started
 
 

@@ -18,7 +18,6 @@ from trainer.errors import UserError, choice_error, closest
 from trainer.library_args import check_args
 from trainer.plain import plain_dict
 from trainer.schema import (
-    CloudHardwareSchema,
     DistributedHardwareSchema,
     SubmittableHardwareSchema,
     hardware_schema,
@@ -60,7 +59,11 @@ SUBMITTABLE_CHOICES = {
 CLOUD_CHOICES = {
     "hardware.on_interrupt": {"detach", "cancel"},
 }
-PROVIDER_MODELS = "model=gpt_4o_mini, gpt_4_1_mini, gpt_4o or gpt_4_1"
+PROVIDER_MODELS = {
+    "openai": "model=gpt_4o_mini, gpt_4_1_mini, gpt_4o or gpt_4_1",
+    "azure_openai": "model=gpt_4o_mini, gpt_4_1_mini, gpt_4o or gpt_4_1",
+    "together": "model=together_llama3_1_8b_instruct, together_llama3_2_3b_instruct or together_qwen2_5_7b_instruct",
+}
 
 
 #: Ranges of the library pass-through arguments hydratune's defaults set (a library's own arguments have no schema
@@ -94,7 +97,7 @@ def check_config(cfg: DictConfig) -> None:
         choices |= SUBMITTABLE_CHOICES
     if issubclass(kind, DistributedHardwareSchema):
         choices |= DISTRIBUTED_CHOICES
-    if issubclass(kind, CloudHardwareSchema):
+    if is_cloud(cfg):
         choices |= CLOUD_CHOICES
     for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key)
@@ -108,7 +111,7 @@ def check_config(cfg: DictConfig) -> None:
     _check_combinations(cfg)
     if issubclass(kind, DistributedHardwareSchema):
         _check_distributed(cfg)
-    if issubclass(kind, CloudHardwareSchema):
+    if is_cloud(cfg):
         _check_cloud(cfg)
     if cfg.eval.enabled:
         from trainer.endpoint_eval import configured
@@ -121,7 +124,7 @@ def _check_combinations(cfg: DictConfig) -> None:
     if not cloud and cfg.model.source == "provider":
         raise UserError(
             f"model.name_or_path={cfg.model.name_or_path} is a provider model: it only trains through its provider's "
-            f"API, but hardware={hw.name} trains locally. Use hardware=openai or hardware=azure_openai, or pick a "
+            f"API, but hardware={hw.name} trains locally. Use hardware=openai, azure_openai or together, or pick a "
             "local model (model=smollm2_135m, model=hf model.name_or_path=...)."
         )
     if method.quantization is not None and not cloud and hw.device == "cpu":
@@ -214,7 +217,8 @@ def _check_cloud(cfg: DictConfig) -> None:
     if model.source != "provider":
         raise UserError(
             f"hardware={hw.name} fine-tunes a model at the provider, but model.source={model.source} "
-            f"({model.name_or_path}) is a local model. Pick a provider model: {PROVIDER_MODELS}."
+            f"({model.name_or_path}) is a local model. Pick a provider model: "
+            f"{PROVIDER_MODELS.get(hw.provider, PROVIDER_MODELS['openai'])}."
         )
     if not model.encoding:
         raise UserError(

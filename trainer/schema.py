@@ -64,6 +64,9 @@ class ModelSchema:
     encoding: str | None = None
     #: Provider models: the provider's published retirement dates, by provider name (hardware.provider).
     lifecycle: dict[str, LifecycleSchema] = field(default_factory=dict)
+    #: Provider models with open weights (Together): where the same base model loads from here (``source`` and
+    #: ``name_or_path`` as above), to evaluate the fine-tuned weights downloaded into the run dir; null otherwise.
+    weights: WeightsSchema | None = None
 
 
 @dataclass
@@ -74,6 +77,13 @@ class LifecycleSchema:
     shutdown: str | None = None
     #: What to use instead, named in the error and the warnings (config options, e.g. "hardware=together ...").
     replacements: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WeightsSchema:
+    #: hf, gguf_wheel or tiny_random (as model.source).
+    source: str = "hf"
+    name_or_path: str = MISSING
 
 
 # ---------------------------------------------------------------- dataset
@@ -319,6 +329,60 @@ class CloudHardwareSchema(HardwareSchema):
     #: USD per 1M training tokens, by model name (estimate only; check the provider's price list).
     price_per_million_training_tokens: dict[str, float] = field(default_factory=dict)
     deployment: DeploymentSchema = field(default_factory=DeploymentSchema)
+
+
+@dataclass
+class TogetherHardwareSchema(HardwareSchema):
+    """At Together AI, through its fine-tuning API; the hyperparameters keep Together's own names
+    (fine_tuning.create)."""
+
+    runner: ClassVar[str] = "launchers.cloud"
+    provider: str = "together"
+    #: API base URL; null lets the SDK read TOGETHER_BASE_URL (default https://api.together.ai).
+    base_url: str | None = None
+    #: API key; leave null so the SDK reads TOGETHER_API_KEY. Never written to disk.
+    api_key: str | None = None
+    n_epochs: int = 1
+    learning_rate: float = 1.0e-5
+    #: A number or "max" (the largest the model allows).
+    batch_size: Any = "max"
+    #: LoRA adapters (true) or full fine-tuning (false).
+    lora: bool = True
+    #: null: the model's default rank; lora_alpha null: twice the rank.
+    lora_r: int | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float = 0.0
+    lora_trainable_modules: str = "all-linear"
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    #: Evaluations on the validation file during training (0: no validation file is uploaded).
+    n_evals: int = 0
+    n_checkpoints: int = 1
+    #: Train on the prompts too: true, false or "auto".
+    train_on_inputs: Any = "auto"
+    #: null: the model's maximum.
+    max_seq_length: int | None = None
+    random_seed: int | None = None
+    suffix: str | None = None
+    #: DPO's beta (objective=dpo only); null: Together's default.
+    dpo_beta: float | None = None
+    #: What a LoRA job's weights are downloaded as: adapter (peft's adapter files) or merged (the full model).
+    download: str = "adapter"
+    #: What Ctrl-C does to a running job: detach (it keeps running) or cancel.
+    on_interrupt: str = "detach"
+    poll_interval_s: float = 5.0
+    max_poll_interval_s: float = 60.0
+    max_retries: int = 6
+    retry_backoff_s: float = 1.0
+    #: Concurrent requests when a column is evaluated through an API (eval.compare_models).
+    eval_concurrency: int = 4
+    #: USD per 1M training tokens by model: LoRA and full supervised fine-tuning (estimate only; check Together's
+    #: pricing page); DPO costs dpo_price_multiplier times as much.
+    price_per_million_training_tokens: dict[str, float] = field(default_factory=dict)
+    full_price_per_million_training_tokens: dict[str, float] = field(default_factory=dict)
+    dpo_price_multiplier: float = 2.5
 
 
 # ---------------------------------------------------------------- logger, eval
@@ -635,6 +699,7 @@ SCHEMAS: dict[tuple[str | None, str], type] = {
     ("hardware", "schema_local"): LocalHardwareSchema,
     ("hardware", "schema_distributed"): DistributedHardwareSchema,
     ("hardware", "schema_cloud"): CloudHardwareSchema,
+    ("hardware", "schema_together"): TogetherHardwareSchema,
     ("logger", "schema_logger"): LoggerSchema,
     ("eval", "schema_eval"): EvalSchema,
     ("objective", "schema_objective"): ObjectiveSchema,
@@ -679,5 +744,5 @@ def hardware_schema(cfg: Any) -> type[HardwareSchema]:
 
 
 def is_cloud(cfg: Any) -> bool:
-    """Whether the run trains at a provider (hardware=openai, azure_openai ...)."""
-    return issubclass(hardware_schema(cfg), CloudHardwareSchema)
+    """Whether the run trains at a provider (hardware=openai, azure_openai, together ...)."""
+    return hardware_schema(cfg).runner == CloudHardwareSchema.runner

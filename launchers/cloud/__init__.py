@@ -1,4 +1,5 @@
-"""Cloud hardware: fine-tune at OpenAI or Azure OpenAI with the same dataset, evaluation and report as a local run.
+"""Cloud hardware: fine-tune at OpenAI, Azure OpenAI or Together AI with the same dataset, evaluation and report as a
+local run (providers: launchers/cloud/provider.py).
 
 hydratune prepare hardware=openai model=gpt_4o_mini     # validate, count tokens, print the cost estimate
 hydratune hardware=openai model=gpt_4o_mini             # upload, train, evaluate base vs fine-tuned, report

@@ -126,7 +126,7 @@ def deployment_name(cfg: Any, run_id: str) -> str:
 
 
 @contextmanager
-def deployed(cfg: Any, state: Any, model: str) -> Iterator[str | None]:
+def deployed(cfg: Any, state: Any, model: str | None) -> Iterator[str | None]:
     """Yield the deployment name to evaluate the fine-tuned model through (None when there is none).
 
     With deployment.create, the deployment is created (PUT is idempotent, so a rerun reuses it), awaited, and

@@ -95,6 +95,8 @@ def describe(exc: BaseException) -> str:
         body = err.body if isinstance(err.body, dict) else {}
         message = (body.get("error") or body).get("message") if isinstance(body.get("error") or body, dict) else None
         return f"HTTP {err.status_code} {message or err.message}"
+    if isinstance(exc, ValueError | TypeError):  # the SDK's own checks of the arguments, before any request
+        return f"{type(exc).__name__}: {exc}"
     return type(exc).__name__
 
 

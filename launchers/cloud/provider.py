@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from trainer.errors import UserError
 
 #: hardware.provider -> module launchers.cloud.providers.<name>, whose ``make(hw)`` returns the Provider.
-PROVIDERS = ("openai", "azure_openai")
+PROVIDERS = ("openai", "azure_openai", "together")
 #: Normalized job states: every provider maps its own onto these.
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -76,6 +76,9 @@ class Provider(Protocol):
     def epochs(self, cfg: Any) -> Any:
         """The configured epochs (a number, or "auto" for the provider's default rule)."""
 
+    def wants_validation(self, cfg: Any) -> bool:
+        """Whether the validation split is uploaded with the training file."""
+
     # files
     def find_file(self, retry: Any, filename: str) -> str | None: ...
     def create_file(self, path: Path, filename: str) -> str: ...
@@ -103,7 +106,7 @@ class Provider(Protocol):
     def base_model(self, cfg: Any) -> str | None:
         """The name the evaluation asks for the base model (None: no base column)."""
 
-    def serving(self, cfg: Any, state: Any, tuned: str) -> AbstractContextManager[str | None]:
+    def serving(self, cfg: Any, state: Any, tuned: str | None) -> AbstractContextManager[str | None]:
         """The name to query the fine-tuned model by, while it is served (Azure deploys it first)."""
 
     @property

@@ -74,7 +74,11 @@ def start_job(
 ) -> str:
     train_id = uploads.upload(provider, state, retry, prepared.train_path, "train", prepared.train_sha256)
     val_id = None
-    if prepared.validation_path is not None and prepared.validation_sha256 is not None:
+    if (
+        prepared.validation_path is not None
+        and prepared.validation_sha256 is not None
+        and provider.wants_validation(cfg)
+    ):
         val_id = uploads.upload(
             provider, state, retry, prepared.validation_path, "validation", prepared.validation_sha256
         )
@@ -142,7 +146,7 @@ def _final(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate_all(
-    cfg: Any, provider: Provider, state: State, retry: Retry, prepared: Prepared, tuned: str, run_dir: Path
+    cfg: Any, provider: Provider, state: State, retry: Retry, prepared: Prepared, tuned: str | None, run_dir: Path
 ) -> dict[str, Any]:
     """Base, few-shot base and fine-tuned columns (and eval.compare_models) on the same held-out queries as a
     local run, with the same metrics: trainer.endpoint_eval with this provider's client and retries."""

@@ -72,7 +72,7 @@ class AzureOpenAI(OpenAI):
             return None
         return str(cfg.hardware.base_deployment)
 
-    def serving(self, cfg: Any, state: Any, tuned: str) -> AbstractContextManager[str | None]:
+    def serving(self, cfg: Any, state: Any, tuned: str | None) -> AbstractContextManager[str | None]:
         return azure_deploy.deployed(cfg, state, tuned)
 
 

@@ -65,6 +65,9 @@ class OpenAI:
     def epochs(self, cfg: Any) -> Any:
         return cfg.hardware.n_epochs
 
+    def wants_validation(self, cfg: Any) -> bool:
+        return True  # validation losses in the job's events
+
     # ------------------------------------------------------------ files
 
     def find_file(self, retry: Any, filename: str) -> str | None:
@@ -162,7 +165,7 @@ class OpenAI:
     def base_model(self, cfg: Any) -> str | None:
         return self.model_name(cfg)
 
-    def serving(self, cfg: Any, state: Any, tuned: str) -> AbstractContextManager[str | None]:
+    def serving(self, cfg: Any, state: Any, tuned: str | None) -> AbstractContextManager[str | None]:
         return nullcontext(tuned)
 
 

@@ -1,0 +1,218 @@
+"""hardware=together against a local fake of Together's API that the real `together` SDK talks to: estimate, upload,
+job, events, weights downloaded into the run dir and loaded with peft / transformers, evaluated here, report; faults,
+kill -9 and rerun, secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from launchers import check as check_cloud
+from launchers import cloud
+from tests.fake_provider import files_containing, write_chat_dataset
+from tests.fake_together import ALL_ROUTES, FakeTogether
+from tests.helpers import REPO, compose
+from trainer.errors import UserError
+
+API_KEY = "tg-test-KEY-0123456789abcdef"
+FAST = ["hardware.poll_interval_s=0.01", "hardware.max_poll_interval_s=0.02", "hardware.retry_backoff_s=0.01"]
+TINY = ["model.weights.source=tiny_random", "model.weights.name_or_path=tiny-random-llama"]
+EVAL = ["eval.max_examples=4", "eval.generation.max_new_tokens=4", "eval.batch_size=4"]
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    for var in ("TOGETHER_API_KEY", "TOGETHER_BASE_URL", "TOGETHER_PROJECT_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
+    with FakeTogether(api_key=API_KEY) as server:
+        monkeypatch.setenv("TOGETHER_API_KEY", API_KEY)
+        monkeypatch.setenv("TOGETHER_BASE_URL", server.url)
+        yield server
+
+
+def overrides(tmp_path: Path, *extra: str) -> list[str]:
+    data = tmp_path / "data.jsonl"
+    if not data.exists():
+        write_chat_dataset(data, 20)
+    return [
+        "hardware=together", "model=together_llama3_1_8b_instruct", *TINY, "dataset=chat_jsonl",
+        f"dataset.path={data}", "dataset.validation_size=5", *FAST, *EVAL, *extra,
+    ]  # fmt: skip
+
+
+def together_cfg(tmp_path: Path, cache_dir: Path, *extra: str):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cfg = compose(*overrides(tmp_path, *extra), f"cache_dir={cache_dir}")
+    cfg.output_dir = str(tmp_path / "run")
+    return cfg
+
+
+def test_prepare_estimates_before_anything_is_sent(fake, tmp_path, cache_dir, capsys):
+    cfg = together_cfg(tmp_path, cache_dir)
+    assert cloud.run(cfg, "prepare") is None
+    out = capsys.readouterr().out
+    assert "together meta-llama/Meta-Llama-3.1-8B-Instruct-Reference: 15 training" in out and "$0.48/1M" in out
+    assert fake.requests == []
+    estimate = json.loads((Path(cfg.output_dir) / "cloud_estimate.json").read_text())["estimate"]
+    assert estimate["epochs"] == 1 and estimate["usd"] == round(estimate["billed_tokens"] / 1e6 * 0.48, 4)
+    full_dpo = together_cfg(tmp_path / "full", cache_dir, "hardware.lora=false", "objective=dpo")
+    assert provider_prices(full_dpo)["meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"] == pytest.approx(0.54 * 2.5)
+
+
+def provider_prices(cfg):
+    from launchers.cloud import provider
+
+    return provider.get(cfg.hardware).price_table(cfg)
+
+
+def test_end_to_end_weights_downloaded_loaded_and_evaluated_here(fake, tmp_path, cache_dir, capsys, caplog):
+    caplog.set_level("DEBUG")
+    cfg = together_cfg(tmp_path, cache_dir, "hardware.lora_r=4", "hardware.n_evals=2", "hardware.suffix=recipes")
+    cloud.run(cfg, "train")
+    run_dir = Path(cfg.output_dir)
+    assert (fake.counters["upload_requests"], fake.counters["jobs_created"], fake.counters["downloads"]) == (2, 1, 1)
+    (request,) = fake.job_requests
+    assert request["training_type"] == {"type": "Lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+                                        "lora_trainable_modules": "all-linear"}  # fmt: skip
+    assert request["training_method"]["method"] == "sft" and request["n_epochs"] == 1
+    assert (request["learning_rate"], request["suffix"], request["n_evals"]) == (1e-5, "recipes", 2)
+    assert request["validation_file"]  # n_evals > 0: the validation split is uploaded too
+
+    # the adapter is in the run dir in save_pretrained layout, and loads with peft on the tiny base
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from trainer.models import resolve_path
+
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (run_dir / "model").iterdir()}
+    base = AutoModelForCausalLM.from_pretrained(resolve_path(compose("model=tiny_random").model, cache_dir))
+    tuned = PeftModel.from_pretrained(base, str(run_dir / "model"))
+    assert tuned.peft_config["default"].r == 4  # the rank the job asked for
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["job"]["weights"] == "model" and metrics["job"]["weights_kind"] == "adapter"
+    assert set(metrics["base"]) == set(metrics["finetuned"]) >= {"eval_loss", "exact_match", "token_f1"}
+    assert metrics["base"]["eval_loss"] != metrics["finetuned"]["eval_loss"]  # the downloaded adapter changed it
+    assert metrics["finetuned"]["examples"] == 4
+    assert metrics["job"]["final"] == {"loss": 0.5, "eval_loss": 0.55}
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]
+    assert "fine-tuned" in (run_dir / "report.md").read_text()
+    events = [json.loads(line) for line in (run_dir / "cloud_events.jsonl").read_text().splitlines()]
+    assert len({e["id"] for e in events}) == len(events) and sum(e["type"] == "metrics" for e in events) == 4
+
+    cfg.eval.enabled = False
+    cloud.run(cfg, "eval")  # the recorded job's result again: no upload, no job, no second download
+    assert (fake.counters["upload_requests"], fake.counters["jobs_created"], fake.counters["downloads"]) == (2, 1, 1)
+    assert files_containing(run_dir, API_KEY) == []
+    assert API_KEY not in caplog.text + "".join(capsys.readouterr())
+
+
+def test_full_fine_tuning_downloads_a_whole_model(fake, tmp_path, cache_dir):
+    cfg = together_cfg(tmp_path, cache_dir, "method=full", "hardware.lora=false", "eval.compare_base=false")
+    cloud.run(cfg, "train")
+    assert fake.job_requests[-1]["training_type"] == {"type": "Full"}
+    model_dir = Path(cfg.output_dir) / "model"
+    assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(model_dir).config.hidden_size == 64
+    metrics = json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
+    assert metrics["job"]["weights_kind"] == "full" and "exact_match" in metrics["finetuned"]
+
+
+def test_dpo_objective_with_its_own_hyperparameters(fake, tmp_path, cache_dir, monkeypatch):
+    pref = {
+        "prompt": [{"role": "user", "content": "Recipe 1: 2 cups flour, 1 eggs, a pinch of salt"}],
+        "chosen": [{"role": "assistant", "content": '["flour", "eggs", "salt"]'}],
+        "rejected": [{"role": "assistant", "content": "flour"}],
+    }
+    examples = SimpleNamespace(train=[pref] * 8, validation=[pref] * 2, skipped=[], warnings=[])
+    monkeypatch.setattr("launchers.cloud.prepare.load_examples", lambda *a: examples)
+    extra = ["dataset.format=preference", "objective=dpo", "hardware.dpo_beta=0.2", "eval.enabled=false"]
+    cfg = together_cfg(tmp_path, cache_dir, *extra)
+    cloud.run(cfg, "train")
+    method = fake.job_requests[-1]["training_method"]
+    assert (method["method"], method["dpo_beta"]) == ("dpo", 0.2)
+    uploaded = next(iter(fake.files.values()))["_content"].decode().splitlines()
+    assert set(json.loads(uploaded[0])) == {"input", "preferred_output", "non_preferred_output"}
+
+
+def test_bursts_of_429_and_500_on_every_route_are_survived(fake, tmp_path, cache_dir):
+    used = [r for r in ALL_ROUTES if r != "fine-tunes.cancel"]
+    for route in used:  # an upload is up to 4 requests (create, PUT, preprocess, the retrieve after a 409), each
+        fake.inject(route, 429, 503)  # failing twice here: 8 retries in a row
+    fake.create_500_after_commit = 1  # the job was created, the answer was lost
+    cfg = together_cfg(tmp_path, cache_dir, "hardware.n_evals=1", "eval.enabled=false", "hardware.max_retries=8")
+    cloud.run(cfg, "train")
+    assert fake.pending_injections() == {}
+    assert all(fake.counters[f"injected.{r}"] == 2 for r in used)
+    assert (fake.counters["uploads"], fake.counters["jobs_created"]) == (2, 1)
+    assert (Path(cfg.output_dir) / "model" / "adapter_config.json").is_file()
+
+
+def test_failed_job_and_bad_configs_are_one_paragraph(fake, tmp_path, cache_dir, monkeypatch):
+    fake.fail = "The training file has no assistant messages."
+    with pytest.raises(UserError, match="failed: The training file has no assistant messages. .code error."):
+        cloud.run(together_cfg(tmp_path, cache_dir), "train")
+    with pytest.raises(UserError, match="method=full asks for full fine-tuning.*hardware.lora=false"):
+        check_cloud(compose(*overrides(tmp_path, "method=full")))
+    with pytest.raises(UserError, match="model.weights is not set"):
+        check_cloud(compose(*overrides(tmp_path, "model.weights=null")))
+    with pytest.raises(UserError, match="hardware.n_epochs=0 must be a whole number"):
+        check_cloud(compose(*overrides(tmp_path, "hardware.n_epochs=0")))
+    monkeypatch.delenv("TOGETHER_API_KEY")
+    with pytest.raises(UserError, match="set the environment variable TOGETHER_API_KEY"):
+        cloud.run(together_cfg(tmp_path / "nokey", cache_dir), "train")
+
+
+@pytest.mark.parametrize("model", ["together_llama3_1_8b_instruct", "together_llama3_2_3b_instruct", "together_qwen2_5_7b_instruct"])  # fmt: skip
+def test_every_together_model_option_composes_priced_with_open_weights(model):
+    cfg = compose("hardware=together", f"model={model}")
+    check_cloud(cfg)
+    assert cfg.model.name_or_path in cfg.hardware.price_per_million_training_tokens
+    assert cfg.model.name_or_path in cfg.hardware.full_price_per_million_training_tokens
+    assert cfg.model.weights.source == "hf" and cfg.model.weights.name_or_path
+
+
+@pytest.mark.slow
+def test_kill_9_after_the_job_is_created_then_rerun(fake, tmp_path, cache_dir):
+    """The job exists at Together, its id never reached the run dir: the rerun finds it (one upload, one job)."""
+    fake.create_delay_s = 30.0
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("TOGETHER_")},
+        "TOGETHER_API_KEY": API_KEY,
+        "TOGETHER_BASE_URL": fake.url,
+        "HYDRATUNE_CACHE": str(cache_dir),
+    }
+    run = [*overrides(tmp_path), "eval.enabled=false", f"hydra.run.dir={tmp_path / 'run'}"]
+    argv = [sys.executable, "-m", "trainer.cli", *run]
+    with open(tmp_path / "first.log", "wb") as log:
+        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 60
+            while fake.counters["jobs_created"] == 0:
+                assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "first.log").read_text()
+                time.sleep(0.02)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    state = json.loads((tmp_path / "run" / "cloud_state.json").read_text())
+    assert state["job"] is None and len(state["files"]) == 1
+    fake.create_delay_s = 0.0
+    done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (fake.counters["upload_requests"], fake.counters["jobs_created"]) == (1, 1)
+    assert "found job ft-" in done.stdout + done.stderr
+    assert (tmp_path / "run" / "model" / "adapter_model.safetensors").is_file()
+    assert files_containing(tmp_path / "run", API_KEY) == []
+    assert API_KEY not in done.stdout + done.stderr + (tmp_path / "first.log").read_text()
