@@ -20,10 +20,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from trainer.schema import dataset_schema
-
 from trainer import atomic
 from trainer.atomic import clean_partials
+from trainer.schema import dataset_schema
 
 log = logging.getLogger(__name__)
 
