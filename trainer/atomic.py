@@ -39,7 +39,7 @@ def disk_error(exc: OSError, path: Path | str) -> UserError:
         errno.EACCES: f"You may not write into {folder}: fix its permissions or choose another place",
         errno.EPERM: f"You may not write into {folder}: fix its permissions or choose another place",
         errno.EFBIG: "The file is larger than this process may write (`ulimit -f`): raise the limit",
-    }.get(exc.errno, f"Check the disk that holds {folder}")
+    }.get(exc.errno or 0, f"Check the disk that holds {folder}")
     return UserError(
         f"Could not write {path}: {reason}. {hint} (hydra.run.dir=... for run files, HYDRATUNE_CACHE=... for the "
         "cache), then run the same command again: nothing half-written was left behind, and a training run resumes "
@@ -62,7 +62,8 @@ def explain_io_error(exc: BaseException, where: Path | str) -> UserError | None:
             "of its parents). Move it, or choose another directory with hydra.run.dir=..."
         )
     if is_disk_error(exc):
-        return disk_error(exc, exc.filename or Path(where) / "?")  # type: ignore[union-attr]
+        assert isinstance(exc, OSError)  # is_disk_error checked it
+        return disk_error(exc, exc.filename or Path(where) / "?")
     if isinstance(exc, RuntimeError) and any(m in str(exc) for m in _TORCH_WRITE_ERRORS):
         import shutil
 
@@ -161,7 +162,7 @@ def clean_partials(folder: Path) -> list[Path]:
     ``folder``; returns what was removed."""
     import shutil
 
-    removed = []
+    removed: list[Path] = []
     if not Path(folder).is_dir():
         return removed
     for p in Path(folder).iterdir():

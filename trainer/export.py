@@ -95,7 +95,7 @@ def load_merged(source: Source, cache_dir: str, dtype: str = "auto") -> tuple[An
     if source.adapter:
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(base_path(source, cache_dir), dtype=torch.float32)
+        base: Any = AutoModelForCausalLM.from_pretrained(base_path(source, cache_dir), dtype=torch.float32)
         saved_dtype = base.config.dtype
         if len(tokenizer) > base.get_input_embeddings().num_embeddings:  # as trainer.models.load_model did
             base.resize_token_embeddings(len(tokenizer))

@@ -188,13 +188,13 @@ def move_sweep_secrets_to_env(config: DictConfig) -> None:
             os.environ[name] = value
             remember(value)
             task[i] = f"{key}=${{oc.env:{name}}}"
-    plain = {k: v for k, v in OmegaConf.to_container(config, resolve=False).items() if k != "hydra"}
+    plain = {k: v for k, v in _mapping(config).items() if k != "hydra"}
     collect(plain)
     with read_write(config), open_dict(config):
         for key, _, _ in _changed(plain, redacted(plain)):
             OmegaConf.update(config, key, REDACTED, merge=False)
     # Hydra's own strings that repeat the command line (hydra.job.override_dirname, ...).
-    hydra = OmegaConf.to_container(config.hydra, resolve=False)
+    hydra = _mapping(config.hydra)
     hydra["overrides"]["task"] = []  # rewritten above; the jobs need them
     with read_write(config.hydra), open_dict(config.hydra):
         for key, _, new in _changed(hydra, _redact_strings(hydra)):
@@ -231,9 +231,16 @@ class RedactCallback(Callback):
         install_log_filter()
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        collect({k: v for k, v in OmegaConf.to_container(config, resolve=False).items() if k != "hydra"})
+        collect({k: v for k, v in _mapping(config).items() if k != "hydra"})
         try:
-            collect(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]))
+            collect(OmegaConf.masked_copy(config, [str(k) for k in config if k != "hydra"]))
         except Exception:  # noqa: BLE001 - resolution errors surface later, where the engine reads the key
             pass
         install_log_filter()
+
+
+def _mapping(node: DictConfig) -> dict[str, Any]:
+    """A config node as a plain dict, interpolations left unresolved."""
+    value = OmegaConf.to_container(node, resolve=False)
+    assert isinstance(value, dict)
+    return {str(k): v for k, v in value.items()}
