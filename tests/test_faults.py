@@ -480,3 +480,99 @@ def test_a_50_mb_row_is_prepared_in_under_1_gb(tmp_path):
     maxrss_kb = int(result.stdout.split("maxrss_kb")[-1])
     assert maxrss_kb < 1024 * 1024, f"{maxrss_kb / 1024:.0f} MiB"
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+def test_ctrl_c_writes_interrupted_and_exits_130_then_resumes(tmp_path, cache_dir):
+    import signal
+    import time
+
+    steps = [*TINY, "eval=none", "train.max_steps=12", "train.save_steps=4", f"hydra.run.dir={tmp_path}"]
+    env = {**os.environ, "HYDRATUNE_CACHE": str(cache_dir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer.cli", *steps], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 300
+    while not (tmp_path / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert "interrupted" in err and json.loads((tmp_path / "status.json").read_text())["status"] == "interrupted"
+    result = hydratune(*steps, cache=cache_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [s for s, _ in losses(tmp_path)] == list(range(1, 13))  # every step once
+
+
+def test_a_full_disk_at_checkpoint_time_is_one_paragraph_and_the_rerun_recovers(tmp_path, cache_dir):
+    """The file size limit (RLIMIT_FSIZE) makes the kernel refuse writes past 200 KB, as a full disk would:
+    the tiny model's adapter (131 KB) is written, its optimizer state (~200 KB) is cut short."""
+    import resource
+
+    limit = 200 * 1024
+    steps = [*TINY, "eval=none", "train.max_steps=6", "train.save_steps=3", f"hydra.run.dir={tmp_path}"]
+    full = subprocess.run(
+        [sys.executable, "-m", "trainer.cli", *steps],
+        cwd=REPO, env={**os.environ, "HYDRATUNE_CACHE": str(cache_dir)}, capture_output=True, text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)), timeout=600,
+    )  # fmt: skip
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-2000:]
+    assert "Writing a checkpoint or the model into" in full.stderr and "run the same command again" in full.stderr
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
+    assert checkpoints.problems_of(tmp_path / "checkpoints" / "checkpoint-3")  # torn by the full disk
+    result = hydratune(*steps, cache=cache_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipping torn checkpoint checkpoint-3" in (tmp_path / "hydratune.log").read_text()
+    assert [s for s, _ in losses(tmp_path)] == list(range(1, 7))
+
+
+def test_enospc_at_the_write_boundary_is_one_paragraph_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    from trainer import atomic
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    with pytest.raises(UserError) as err:
+        atomic.write_json(tmp_path / "metrics.json", {"a": 1})
+    assert f"Could not write {tmp_path / 'metrics.json'}: No space left on device" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_read_only_run_dir_is_one_paragraph(tmp_path, monkeypatch):
+    # As root a chmod does not stop writes, so the permission check is what is exercised here.
+    cfg = compose(*TINY)
+    monkeypatch.setattr(rundir.os, "access", lambda path, mode: False)
+    with pytest.raises(UserError, match="is not writable by you"):
+        rundir.start(cfg, tmp_path / "run", "train")
+
+
+def test_wandb_online_against_a_tarpit_falls_back_to_offline_in_time(monkeypatch):
+    import time
+
+    from omegaconf import OmegaConf
+
+    from trainer import loggers
+
+    tarpit = socket.socket()
+    tarpit.bind(("127.0.0.1", 0))
+    tarpit.listen(4)  # accepts connections, never answers
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{tarpit.getsockname()[1]}")
+    started = time.perf_counter()
+    try:
+        mode = loggers.wandb_mode(OmegaConf.create({"mode": "online", "timeout_s": 1.0}))
+    finally:
+        tarpit.close()
+    assert mode == "offline" and time.perf_counter() - started < 5
+
+
+def test_a_wandb_refusal_is_one_paragraph():
+    import wandb.errors
+
+    from trainer.loggers import explain_wandb_error
+
+    err = explain_wandb_error(wandb.errors.AuthenticationError("API key must be 40 characters long"))
+    assert isinstance(err, UserError) and "WANDB_API_KEY" in str(err) and "logger.mode=offline" in str(err)
+    assert explain_wandb_error(ValueError("x")) is None

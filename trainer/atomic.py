@@ -25,7 +25,9 @@ TMP_MARK = ".tmp-"
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
 #: What torch's C++ writer says when a checkpoint or model file cannot be written (full disk, file size limit).
-_TORCH_WRITE_ERRORS = ("iostream error", "PytorchStreamWriter failed", "file write failed", "No space left")
+_TORCH_WRITE_ERRORS = (
+    "iostream error", "PytorchStreamWriter failed", "file write failed", "No space left", "inline_container.cc",
+)  # fmt: skip
 
 
 def disk_error(exc: OSError, path: Path | str) -> UserError:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -77,15 +76,49 @@ def wandb_mode(logger_cfg: DictConfig) -> str:
     """offline unless online was asked for and the wandb server answers within the timeout (never hang)."""
     if logger_cfg.mode != "online":
         return logger_cfg.mode
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=logger_cfg.timeout_s).close()
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    url = urlparse(base)
+    try:  # a server must answer an HTTP request in time: accepting the connection is not enough (a tarpit)
+        answers(base, logger_cfg.timeout_s)
+        os.environ.setdefault("WANDB_INIT_TIMEOUT", str(max(30.0, 6 * logger_cfg.timeout_s)))
         return "online"
     except OSError as exc:
         log.warning(
-            "wandb server %s unreachable (%s): logging offline instead; upload later with `wandb sync %s`",
+            "wandb server %s did not answer within %.0f s (%s): logging offline instead; upload later with "
+            "`wandb sync %s`",
             url.hostname,
+            logger_cfg.timeout_s,
             exc,
             "<run dir>/wandb/offline-run-*",
         )
         return "offline"
+
+
+def answers(base_url: str, timeout_s: float) -> None:
+    """Raise OSError unless the server at ``base_url`` sends any HTTP response within ``timeout_s`` seconds."""
+    import http.client
+
+    url = urlparse(base_url)
+    kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    conn = kind(url.hostname, url.port, timeout=timeout_s)
+    try:
+        conn.request("HEAD", "/")
+        conn.getresponse()
+    except (http.client.HTTPException, ValueError) as exc:
+        raise OSError(f"no HTTP answer: {exc.__class__.__name__}") from None
+    finally:
+        conn.close()
+
+
+def explain_wandb_error(exc: BaseException):
+    """One paragraph (a UserError) for wandb's own errors (a bad key, a server that refuses or times out), or None."""
+    from trainer.errors import UserError
+
+    if not type(exc).__module__.startswith("wandb"):
+        return None
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return UserError(
+        f"Weights & Biases refused the run ({type(exc).__name__}: {first}). Check WANDB_API_KEY (`wandb login`) and "
+        "WANDB_BASE_URL, or log without the server: logger.mode=offline (upload later with `wandb sync`) or "
+        "logger=jsonl. Run the same command again to resume from the last complete checkpoint."
+    )
