@@ -9,7 +9,11 @@ import importlib
 
 from omegaconf import DictConfig
 
-from trainer.schema import hardware_schema
+from trainer.errors import choice_error
+from trainer.schema import SubmittableHardwareSchema, hardware_schema
+
+#: hardware.submit -> the module that starts the run's processes elsewhere (same ``run(cfg, command)`` interface).
+SUBMITTERS = {"slurm": "launchers.slurm", "skypilot": "launchers.skypilot"}
 
 
 def check(cfg: DictConfig) -> None:
@@ -29,4 +33,10 @@ def launch(cfg: DictConfig, command: str) -> None:
         from trainer.mlflow_tracking import resolve
 
         resolve(cfg)
-    importlib.import_module(hardware_schema(cfg).runner).run(cfg, command)
+    schema = hardware_schema(cfg)
+    runner = schema.runner
+    if issubclass(schema, SubmittableHardwareSchema) and cfg.hardware.submit != "local":
+        if cfg.hardware.submit not in SUBMITTERS:
+            raise choice_error("hardware.submit", cfg.hardware.submit, ("local", *SUBMITTERS))
+        runner = SUBMITTERS[cfg.hardware.submit]
+    importlib.import_module(runner).run(cfg, command)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from launchers import deepspeed_config, fsdp, slurm
-from trainer import atomic, rundir
+from launchers import deepspeed_config, fsdp
+from trainer import rundir
 from trainer.errors import UserError
 from trainer.threads import threads_per_process
 
@@ -42,19 +42,8 @@ def run(cfg: DictConfig, command: str) -> None:
     run_dir = Path(cfg.output_dir).resolve()
     device, nproc, node = resolve_device(hw), num_processes(hw), node_rank(hw)
     threads, _ = threads_per_process(hw.threads, nproc)
-    ds = deepspeed_config.build(hw)
-    sharding = fsdp.build(hw, fsdp.layer_classes(cfg.model, cfg.cache_dir)) if hw.fsdp is not None else None
-    with open_dict(cfg):  # what the workers' TrainingArguments need to know, in the config they load
-        if ds is not None:
-            cfg.train.deepspeed = str(run_dir / "deepspeed.json")
-        if sharding is not None:
-            cfg.train.update(sharding)
-        if "ddp_timeout" not in cfg.train:
-            cfg.train.ddp_timeout = hw.timeout_s
+    ds, sharding = worker_settings(cfg, run_dir)
     env = worker_env(cfg, threads)
-    if hw.submit == "slurm":
-        submit_slurm(cfg, run_dir, ds, nproc, threads, device)
-        return
     cmd = launcher_command(hw, run_dir, nproc, node, device)
     if hw.dry_run:
         print_dry_run(cmd, env, ds, sharding)
@@ -75,6 +64,22 @@ def run(cfg: DictConfig, command: str) -> None:
             f"hydratune: error: the {hw.launcher} workers failed (exit code {result.returncode}). Each rank's log is "
             f"in {run_dir / 'logs'}/rank<N>.log; the run resumes from its last checkpoint when you run it again."
         )
+
+
+def worker_settings(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, dict | None]:
+    """The DeepSpeed config and the FSDP settings of this strategy (None when unused), and what the workers'
+    TrainingArguments need to know of them, written into ``cfg.train`` (the config they load)."""
+    hw = cfg.hardware
+    ds = deepspeed_config.build(hw)
+    sharding = fsdp.build(hw, fsdp.layer_classes(cfg.model, cfg.cache_dir)) if hw.fsdp is not None else None
+    with open_dict(cfg):
+        if ds is not None:
+            cfg.train.deepspeed = str(run_dir / "deepspeed.json")
+        if sharding is not None:
+            cfg.train.update(sharding)
+        if "ddp_timeout" not in cfg.train:
+            cfg.train.ddp_timeout = hw.timeout_s
+    return ds, sharding
 
 
 def check(cfg: DictConfig) -> None:
@@ -189,25 +194,3 @@ def prepare_once(cfg: DictConfig, run_dir: Path, node: int) -> None:
     tokenizer, _ = models.load_tokenizer(cfg.model, path)
     key = data.prepare_once(cfg, tokenizer)
     log.info("dataset prepared once (cache key %s); workers load it from %s", key, cfg.cache_dir)
-
-
-def submit_slurm(cfg: DictConfig, run_dir: Path, ds: dict | None, nproc: int, threads: int, device: str) -> None:
-    script = slurm.render(cfg, run_dir, nproc, threads, device)
-    if cfg.hardware.dry_run:
-        print("hydratune: dry run, nothing submitted. sbatch script:\n" + script)
-        if ds is not None:
-            print("DeepSpeed config:\n" + json.dumps(ds, indent=2))
-        return
-    prepare_once(cfg, run_dir, 0)
-    if ds is not None:
-        deepspeed_config.write(ds, run_dir)
-    (run_dir / "logs").mkdir(exist_ok=True)
-    path = run_dir / "job.sbatch"
-    atomic.write_text(path, script)
-    sbatch = shutil.which("sbatch")
-    if sbatch is None:
-        raise UserError(f"hardware.submit=slurm: `sbatch` is not on PATH here. The script is written: {path}")
-    out = subprocess.run([sbatch, str(path)], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise UserError(f"sbatch refused {path}: {out.stderr.strip()}")
-    log.info("%s; logs in %s", out.stdout.strip(), run_dir / "logs")

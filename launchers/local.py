@@ -47,14 +47,16 @@ def set_threads(hardware: DictConfig, processes: int = 1) -> int:
 
 def run(cfg: DictConfig, command: str) -> None:
     run_dir = rundir.start(cfg, Path(cfg.output_dir), command)  # eval of a finished run: a new sub-dir of it
+    if command == "prepare":  # nothing trains: a GPU config is estimated on a machine without one too
+        from trainer import commands
+
+        device = "cuda" if cfg.hardware.device == "cuda" else pick_device(cfg.hardware, needs_cuda=False)
+        set_threads(cfg.hardware)
+        commands.prepare(cfg, run_dir, device)
+        return
     device = pick_device(cfg.hardware, needs_cuda=cfg.method.quantization is not None)
     threads = set_threads(cfg.hardware)
     log.info("hardware=%s: device %s, %d threads", cfg.hardware.name, device, threads)
-    if command == "prepare":
-        from trainer import commands
-
-        commands.prepare(cfg, run_dir)
-        return
     from trainer import engine
 
     (engine.evaluate_only if command == "eval" else engine.train)(cfg, run_dir, device)

@@ -26,8 +26,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
-    local_rank = args.local_rank if args.local_rank is not None else int(os.environ.get("LOCAL_RANK", "0"))
-    os.environ.setdefault("LOCAL_RANK", str(local_rank))
+    if args.local_rank is not None:  # the deepspeed launcher passes it as an argument; the Trainer reads the variable
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    # A single worker (a local strategy in a SLURM job) has no LOCAL_RANK: setting one would make the Trainer start
+    # a process group with no rendezvous.
     setup_logging(args.run_dir, rank)
     try:
         run(args.run_dir, rank)
@@ -69,12 +71,12 @@ def run(run_dir: Path, rank: int) -> None:
     if device == "cuda":
         import torch
 
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     log.info(
         "rank %d of %d (local %s of %d) on %s, %d threads, config %s",
         rank,
         world,
-        os.environ["LOCAL_RANK"],
+        os.environ.get("LOCAL_RANK", "0"),
         local_world,
         device,
         threads,

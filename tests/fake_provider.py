@@ -84,6 +84,8 @@ class FakeProvider:
         self.upload_500_after_commit = 0
         #: Known prompts (last user message) -> the reference answer the fine-tuned model gives.
         self.answers: dict[str, str] = {}
+        #: Judge models (LLM-as-judge): model name -> function from the request's messages to the reply.
+        self.judges: dict[str, Any] = {}
         #: Azure base-model deployments that exist from the start: deployment name -> model.
         self.base_deployments: dict[str, str] = {}
         self.files: dict[str, dict[str, Any]] = {}
@@ -394,6 +396,10 @@ class FakeProvider:
 
     def _chat(self, body: bytes, azure: bool, deployment: str | None = None, **_: Any) -> dict:
         args = json.loads(body)
+        if args.get("model") in self.judges:
+            with self._lock:
+                self.counters["chat.judge"] += 1
+            return _completion(args["model"], self.judges[args["model"]](args["messages"]), self.now())
         with self._lock:
             model = args.get("model")
             if azure:
@@ -562,3 +568,21 @@ def files_containing(root: Any, *secrets: str) -> list[str]:
         if path.is_file() and any(s.encode() in path.read_bytes() for s in secrets):
             hits.append(str(path))
     return hits
+
+
+def _completion(model: str, answer: str, created: int) -> dict:
+    """A chat.completion object with ``answer`` (usage counted in words)."""
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"index": 0, "finish_reason": "stop", "logprobs": None, "message": {"role": "assistant", "content": answer}}
+        ],
+        "usage": {
+            "prompt_tokens": 10,
+            "completion_tokens": len(answer.split()),
+            "total_tokens": 10 + len(answer.split()),
+        },
+    }

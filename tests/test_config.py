@@ -106,7 +106,7 @@ def test_library_args_file_matches_installed_libraries():
         (["dataset.mix=[{path:a.jsonl,weight:-1}]"], "dataset.mix[0].weight=-1.0 is out of range"),
         (["seed=-1"], "seed=-1 is out of range"),
         (["hardware=ddp", "hardware.num_nodes=0"], "hardware.num_nodes=0 is out of range"),
-        (["+hardware.sbatch.partition=gpu"], "'hardware' (LocalHardwareSchema) has no key 'sbatch'"),
+        (["+hardware.num_nodes=2"], "'hardware' (LocalHardwareSchema) has no key 'num_nodes'"),
     ],
 )
 def test_bad_values_and_combinations_are_user_errors(overrides, expected):

@@ -165,3 +165,13 @@ def test_user_error_is_one_paragraph_without_traceback(tmp_path, cache_dir):
     result = hydratune(*args, cache=cache_dir)
     assert result.returncode == 2
     assert "hardware.launcher=torchrnu" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_slurm_script_of_a_single_process_run(tmp_path):
+    cfg = compose("hardware=cpu", "hardware.submit=slurm", "hardware.threads=4", "+hardware.sbatch.mem=8G")
+    script = slurm.render(cfg, tmp_path, 1, 4, "cpu")
+    assert "#SBATCH --cpus-per-task=4\n" in script and "#SBATCH --mem=8G\n" in script
+    assert "torchrun" not in script and "gpus-per-node" not in script
+    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert srun.endswith(f"-m launchers.worker --run-dir {tmp_path}")
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0

@@ -71,11 +71,18 @@ def test_full_fine_tuning_keeps_fp32_weights_on_a_bf16_cpu(cpu):
     [(True, False, "bfloat16"), (True, True, "bfloat16"), (False, False, "float16"), (False, True, "float32")],
 )
 def test_auto_on_cuda(monkeypatch, bf16, full, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4" if not bf16 else "NVIDIA A100")
     dtype, why = models.resolve_dtype("auto", "cuda", full_weights=full)
     assert dtype == expected
     assert ("supports bf16" if bf16 else "has no bf16") in why
+
+
+def test_auto_for_a_gpu_that_is_not_here_assumes_bf16(monkeypatch):
+    """hydratune prepare hardware=single_gpu estimates a GPU run on a machine without one."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert models.resolve_dtype("auto", "cuda") == ("bfloat16", "no GPU here to ask: assumed to support bf16")
 
 
 @pytest.mark.parametrize("explicit", ["float32", "bfloat16", "float16"])

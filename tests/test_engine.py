@@ -34,7 +34,10 @@ def losses(run_dir: Path) -> dict[int, float]:
 def tiny_run(tmp_path_factory, cache_dir) -> Path:
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
     start = time.perf_counter()
-    result = hydratune(*TINY, "train.max_steps=3", f"hydra.run.dir={run_dir}", cache=cache_dir)
+    # eval.regression: the general-ability probe on the base and the fine-tuned model (tests/test_regression.py)
+    result = hydratune(
+        *TINY, "train.max_steps=3", "eval.regression=general", f"hydra.run.dir={run_dir}", cache=cache_dir
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir / "wall_seconds").write_text(f"{time.perf_counter() - start:.1f}")
     return run_dir
@@ -52,6 +55,7 @@ def test_tiny_run_writes_every_output(tiny_run):
         "loss_curve.png",
         "hydratune.log",
         "data_stats.json",
+        "estimate.json",
     ):
         assert (tiny_run / name).is_file(), name
     metrics = json.loads((tiny_run / "metrics.json").read_text())
@@ -61,6 +65,9 @@ def test_tiny_run_writes_every_output(tiny_run):
     assert (tiny_run / "model" / "adapter_model.safetensors").is_file()
     report = (tiny_run / "report.md").read_text()
     assert "| metric | base model | fine-tuned | change |" in report and "loss_curve.png" in report
+    assert "## Time and memory: pre-flight estimate vs measured" in report and "| time per training step |" in report
+    assert metrics["estimate"]["measured"]["step_s"] > 0 and metrics["estimate"]["estimated"]["step_s"] > 0
+    assert "[trainer.estimate][INFO] - estimate: " in (tiny_run / "hydratune.log").read_text()
 
 
 def test_tiny_run_report_has_paired_statistics_flips_and_break_even(tiny_run):
@@ -77,6 +84,8 @@ def test_tiny_run_report_has_paired_statistics_flips_and_break_even(tiny_run):
     assert "## Paired comparisons" in md and "## Flips: fine-tuned vs base model" in md
     assert "## Cost and break-even" in md and "3-shot" in md
     assert "Every example" in (tiny_run / "report.html").read_text()
+    probe = metrics["regression"]
+    assert probe["items"] == 104 and probe["comparison"]["n"] == 104 and "## General-ability regression check" in md
 
 
 def test_saved_adapter_loads_with_plain_peft(tiny_run, cache_dir):

@@ -110,3 +110,18 @@ def test_compared_models_are_paired_with_the_fine_tuned_model(tmp_path):
     assert pairs["base", "compare.gpt-x", "exact_match"]["verdict"] == "better"
     assert "per_example" not in saved["compare"]["gpt-x"]
     assert "| fine-tuned | gpt-x | exact_match | +0.0333 |" in (tmp_path / "report.md").read_text()
+
+
+def test_report_command_rebuilds_a_sweep_with_its_recorded_objective(tmp_path):
+    from trainer import report_command
+
+    for i, (lr, em) in enumerate((("1e-4", 0.2), ("1e-3", 0.6))):
+        run = tmp_path / str(i)
+        run.mkdir()
+        (run / "overrides.json").write_text(f'["train.learning_rate={lr}"]')
+        (run / "status.json").write_text('{"status": "ok"}')
+        (run / "config.yaml").write_text("objective:\n  metric: finetuned.exact_match\n  direction: maximize\n")
+        (run / "metrics.json").write_text(json.dumps({"finetuned": {"exact_match": em, "eval_loss": 1.0}}))
+    page = report_command.rebuild(tmp_path)
+    assert page == tmp_path / "report.html" and "finetuned.exact_match (maximize)" in page.read_text()
+    assert "**Best: run 1** (finetuned.exact_match = 0.6)" in (tmp_path / "summary.md").read_text()

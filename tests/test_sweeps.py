@@ -238,8 +238,8 @@ def test_threads_per_job():
     [
         (["hydra/launcher=parallel"], max(1, usable_cores()[0] // 2)),
         (["hydra/launcher=parallel", "hydra.launcher.n_jobs=-1"], 1),
-        (["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=6"], 6),
-        (["hydra/launcher=slurm", "hardware.threads=3"], None),  # the user's own choice stays
+        (["hydra/launcher=parallel", "hardware.threads=3"], None),  # the user's own choice stays
+        (["hydra/launcher=parallel", "hardware.submit=slurm"], None),  # the job's node decides
         ([], None),  # runs one after another: every core
     ],
 )
@@ -249,12 +249,3 @@ def test_sweep_callback_sets_threads_per_run(overrides, threads):
     sweeps.share_threads(cfg)
     added = list(cfg.hydra.overrides.task)[len(before) :]
     assert added == ([f"hardware.threads={threads}"] if threads else [])
-
-
-def test_slurm_launcher_option_composes():
-    from hydra.utils import get_class
-
-    cfg = compose_with_hydra("hydra/launcher=slurm", "hydra.launcher.partition=gpu")
-    launcher = cfg.hydra.launcher
-    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.timeout_min == 240
-    assert get_class(launcher._target_).__name__ == "SlurmLauncher"

@@ -63,8 +63,7 @@ def explain_io_error(exc: BaseException, where: Path | str) -> UserError | None:
             f"{exc.filename or where} is in the way: a file stands where hydratune needs a folder (the run dir or one "
             "of its parents). Move it, or choose another directory with hydra.run.dir=..."
         )
-    if is_disk_error(exc):
-        assert isinstance(exc, OSError)  # is_disk_error checked it
+    if isinstance(exc, OSError) and is_disk_error(exc):
         return disk_error(exc, exc.filename or Path(where) / "?")
     if isinstance(exc, RuntimeError) and any(m in str(exc) for m in _TORCH_WRITE_ERRORS):
         import shutil

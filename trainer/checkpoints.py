@@ -42,18 +42,23 @@ def last_complete(folder: Path) -> str | None:
         if not problems:
             return str(path)
         aside = set_aside(path)
-        log.warning("skipping torn checkpoint %s (%s); moved to %s", path.name, "; ".join(problems), aside.name)
+        log.warning("skipping torn checkpoint %s (%s); moved to %s", path.name, "; ".join(problems), aside)
     return None
 
 
-def set_aside(path: Path) -> Path:
+def set_aside(path: Path) -> Path | str:
+    """Rename a torn checkpoint out of the Trainer's sight (kept for inspection, never deleted). Every rank of a
+    distributed run verifies the same files and reaches the same verdict; the first rename wins."""
     aside = path.with_name(f"torn-{path.name}")
     n = 1
     while aside.exists():
         n += 1
         aside = path.with_name(f"torn-{path.name}-{n}")
-    path.rename(aside)
-    return aside
+    try:
+        path.rename(aside)
+    except OSError:  # another rank set it aside first
+        return "torn-* (by another process)"
+    return aside.name
 
 
 def problems_of(path: Path) -> list[str]:

@@ -13,11 +13,29 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from trainer.errors import UserError, closest
+from trainer.errors import UserError, choice_error, closest
 from trainer.library_args import check_args
 from trainer.plain import plain_dict
-from trainer.schema import CloudHardwareSchema, DistributedHardwareSchema, hardware_schema, is_cloud
+from trainer.schema import (
+    CloudHardwareSchema,
+    DistributedHardwareSchema,
+    SubmittableHardwareSchema,
+    hardware_schema,
+    is_cloud,
+)
 
+#: Closed choices not (yet) declared as Enums in trainer/schema.py; the Enum ones Hydra refuses when it composes.
+#: Closed choices not declared as Enums in trainer/schema.py (the Enum ones Hydra refuses when it composes).
+CHOICES = {
+    "serve.engine": {"transformers", "vllm"},
+    "serve.device": {"auto", "cpu", "cuda"},
+    "serve.dtype": {"auto", "float32", "bfloat16", "float16"},
+    "export.dtype": {"auto", "float32", "bfloat16", "float16"},
+}
+#: Strategies whose processes hydratune starts (launchers.SUBMITTERS: where else they can start).
+SUBMITTABLE_CHOICES = {
+    "hardware.submit": {"local", "slurm", "skypilot"},
+}
 PROVIDER_MODELS = "model=gpt_4o_mini, gpt_4_1_mini, gpt_4o or gpt_4_1"
 
 
@@ -46,7 +64,14 @@ LIBRARY_RANGES: dict[str, tuple[float, float | None]] = {
 def check_config(cfg: DictConfig) -> None:
     """Every rule a composed config must pass (see the module's docstring); the first broken one raises."""
     check_schema(cfg)
-    kind = hardware_schema(cfg)  # closed choices are Enums in the schema: Hydra refused any other value already
+    kind = hardware_schema(cfg)
+    choices = dict(CHOICES)
+    if issubclass(kind, SubmittableHardwareSchema):
+        choices |= SUBMITTABLE_CHOICES
+    for key, allowed in choices.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise choice_error(key, value, allowed)
     check_args("train", plain_dict(cfg.train))
     for node in ("peft", "quantization"):
         value = cfg.method[node]

@@ -14,7 +14,20 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from trainer import cost, data, endpoint_eval, evaluation, loggers, models, report, secrets
+from trainer import (
+    cost,
+    data,
+    endpoint_eval,
+    estimate,
+    evaluation,
+    judge,
+    lm_head,
+    loggers,
+    models,
+    regression,
+    report,
+    secrets,
+)
 from trainer.errors import UserError
 from trainer.plain import plain_dict
 
@@ -72,6 +85,7 @@ def build_trainer(cfg, run_dir: Path, device: str, model, tokenizer, prepared, p
     """TRL's SFTTrainer over the prepared (already tokenized) data; the loop is TRL's."""
     from trl import SFTTrainer
 
+    lm_head.score_labelled_positions_only()
     return SFTTrainer(
         model=model,
         args=sft_config(cfg, run_dir, device),
@@ -108,6 +122,10 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
         trainer.model.print_trainable_parameters()
 
     queries = evaluation.queries(prepared.examples.validation, cfg.eval.max_examples)
+    dtype, target = results["hardware"]["model_dtype"], run_dir if main else None
+    forecast = estimate.for_run(
+        cfg, device, dtype, trainer.model, trainer.args, tokenizer, prepared, model_path, target
+    )
     if cfg.eval.enabled and cfg.eval.compare_base:
         with before_training(trainer):
             results.update(base_sections(cfg, trainer, tokenizer, queries, model_path, prepared, main))
@@ -129,11 +147,17 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
 
     if cfg.eval.enabled:  # on every rank: evaluation is collective (sharded loss; ZeRO-3 gathers weights to generate)
         results["finetuned"] = evaluation.evaluate(trainer, tokenizer, cfg, queries, "finetuned")
+        if "regression" in results:  # eval.regression: the probe set again, on the fine-tuned model
+            tuned = regression.evaluate(trainer, tokenizer, cfg, "finetuned")
+            results["regression"] = regression.section(cfg.eval.regression, results["regression"]["base"], tuned)
     if not main:
         return results
     if cfg.eval.enabled and endpoint_eval.configured(cfg.eval):
         results["compare"] = endpoint_eval.compare_models(cfg.eval, queries, run_dir=run_dir)
     results["data"] = {"cache_key": prepared.cache_key, "cache_hit": prepared.cache_hit, **prepared.stats}
+    results["estimate"] = estimate.measured(forecast, trainer.state.log_history)
+    if cfg.eval.enabled and judge.configured(cfg.eval.judge):
+        results["judge"] = judge.run(cfg.eval.judge, results, cfg.cache_dir)
     if cfg.eval.enabled:
         seconds, train_rows = trained.metrics["train_runtime"], prepared.examples.train
         results["break_even"] = cost.local(cfg, seconds, results, tokenizer, queries, train_rows)
@@ -173,6 +197,14 @@ def base_sections(cfg, trainer, tokenizer, queries, model_path, prepared, main: 
         lambda: evaluation.evaluate(trainer, tokenizer, cfg, queries, "base"),
         cfg.eval.cache_base and (main or file.exists()),
     )
+    if cfg.eval.regression:
+        file = evaluation.base_cache_file(cfg, model_path, [], prepared.cache_key, "regression")
+        probe = evaluation.cached(
+            file,
+            lambda: regression.evaluate(trainer, tokenizer, cfg, "base"),
+            cfg.eval.cache_base and (main or file.exists()),
+        )
+        sections["regression"] = {"base": probe}
     if cfg.eval.few_shot > 0:
         demos = evaluation.queries(prepared.examples.train, cfg.eval.few_shot)
         shots = [evaluation.with_demonstrations(q, demos) for q in queries]

@@ -170,7 +170,7 @@ def base_cache_file(cfg: DictConfig, model_path: str, qs: list[Query], dataset_k
     """Where the base model's results for this (model, data, eval settings) are cached across runs and sweeps."""
     settings = plain_dict(cfg.eval)
     # other columns, prices and report-only settings: the base model's answers do not change
-    for other in ("endpoint", "compare_models", "cost"):
+    for other in ("endpoint", "compare_models", "cost", "judge"):
         settings.pop(other, None)
     key = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),

@@ -102,7 +102,7 @@ def answers(base_url: str, timeout_s: float) -> None:
     if not url.hostname:
         raise OSError(f"{base_url} names no host")
     kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-    conn = kind(url.hostname, url.port, timeout=timeout_s)
+    conn = kind(url.hostname or "", url.port, timeout=timeout_s)
     try:
         conn.request("HEAD", "/")
         conn.getresponse()

@@ -208,6 +208,8 @@ def resolve_dtype(name: str, device: str, full_weights: bool = False) -> tuple[s
     import torch
 
     if device == "cuda":
+        if not torch.cuda.is_available():  # an estimate for a GPU run (hydratune prepare) on a machine without one
+            return "bfloat16", "no GPU here to ask: assumed to support bf16"
         if torch.cuda.is_bf16_supported():
             return "bfloat16", f"{torch.cuda.get_device_name()} supports bf16"
         if full_weights:

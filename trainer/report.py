@@ -91,7 +91,7 @@ def pop_examples(metrics: dict) -> list[dict]:
     ``{"index", "prompt", "reference", "answers": {section: {"prediction", "scores", ...}}}``."""
     rows: list[dict] = []
     for key in section_order(metrics):
-        per = section(metrics, key).pop("per_example", None)
+        per = (section(metrics, key) or {}).pop("per_example", None)
         if not per:
             continue
         answer_tokens = per.get("answer_tokens") or [None] * len(per["prediction"])
@@ -304,15 +304,24 @@ def render_markdown(metrics: dict, title: str, plot: Path | None, examples: list
         lines.append("")
     for f in metrics.get("flips") or []:
         lines += flips_markdown(f)
+    for key in ("regression", "judge"):
+        block = metrics.get(key)
+        if isinstance(block, dict) and block.get("lines"):
+            lines += [f"## {block.get('title', key)}", "", *(f"- {line}" for line in block["lines"]), ""]
     if metrics.get("break_even"):
         from trainer import cost
 
         lines += ["## Cost and break-even", "", *cost.markdown(metrics["break_even"]), ""]
+    if metrics.get("estimate"):
+        from trainer import estimate
+
+        lines += ["## Time and memory: pre-flight estimate vs measured", ""]
+        lines += [*estimate.markdown(metrics["estimate"], metrics.get("hardware")), ""]
     if plot is not None:
         lines += [f"![loss curve]({plot.name})", ""]
     lines += serving_lines(metrics.get("serving"))
     for key, value in metrics.items():
-        if key not in (*SECTIONS, *ANALYSIS_KEYS, "compare", "serving"):
+        if key not in (*SECTIONS, *ANALYSIS_KEYS, "compare", "serving", "estimate"):
             lines += [f"## {key}", "", "```", json.dumps(value, indent=2, default=str), "```", ""]
     samples = (metrics.get("finetuned") or {}).get("samples") or []
     if samples:

@@ -140,10 +140,10 @@ def sweep_page(runs: list, header: list[str], rows: list[list[str]], metric: str
 
 def compare_page(run_dirs: list[Path], reports: list[dict], titles: list[str]) -> str:
     """Several runs side by side: each one's verdict, every metric of every section, the break-even."""
-    names: list[str] = []
+    names: list[tuple[str, str]] = []
     for m in reports:
         for key in report.section_order(m):
-            for k, v in report.section(m, key).items():
+            for k, v in (report.section(m, key) or {}).items():
                 if isinstance(v, int | float) and (key, k) not in names:
                     names.append((key, k))
     rows = [(f"{key}.{k}", [report._fmt((report.section(m, key) or {}).get(k)) for m in reports]) for key, k in names]

@@ -103,11 +103,6 @@ class Launcher(Choice):
     accelerate = "accelerate"
 
 
-class Submit(Choice):
-    local = "local"
-    slurm = "slurm"
-
-
 class CloudObjective(Choice):
     supervised = "supervised"
     dpo = "dpo"
@@ -267,14 +262,56 @@ class HardwareSchema:
 
 
 @dataclass
-class LocalHardwareSchema(HardwareSchema):
+class SkySchema:
+    """hardware.submit=skypilot: the SkyPilot task's resources and storage."""
+
+    #: GPUs per node, SkyPilot's spelling: ``L4:1``, ``A100-80GB:8``, ``H100:8``.
+    accelerators: str = "L4:1"
+    #: null: any cloud `sky check` enabled; else aws, gcp, azure, kubernetes, lambda, runpod ...
+    cloud: str | None = None
+    region: str | None = None
+    #: Spot (preemptible) instances: much cheaper; put the run dir on a bucket so that a relaunch resumes.
+    use_spot: bool = False
+    disk_size: int | None = None
+    #: A bucket (``s3://bucket/prefix``, ``gs://...``) for the run dir (runs/<run name>/<run dir name>) and the
+    #: cache: checkpoints outlive the cluster (spot preemption), and the next run reuses the cache.
+    bucket: str | None = None
+    #: Extras of this package the remote set-up installs.
+    extras: list[str] = field(default_factory=lambda: ["loggers"])
+    #: Environment variables for the task (names only in config; values from your environment: ``${oc.env:X}``).
+    envs: dict[str, str] = field(default_factory=dict)
+    #: Cluster name (null: hydratune-<run name>).
+    cluster: str | None = None
+    #: Tear the cluster down after the run dir is copied back.
+    down: bool = True
+    retry_until_up: bool = False
+    idle_minutes_to_autostop: int | None = None
+
+
+@dataclass
+class SubmittableHardwareSchema(HardwareSchema):
+    """Strategies whose processes hydratune starts itself: here, or on machines a scheduler gives it."""
+
+    #: Where the run's processes start: local (this machine, now), slurm (one sbatch job, <run dir>/job.sbatch; the
+    #: command waits for it) or skypilot (a SkyPilot task on a cloud GPU; the command waits and syncs the run dir back).
+    submit: str = "local"
+    #: Extra sbatch options with sbatch's own long names:
+    #: ``+hardware.sbatch.partition=gpu +hardware.sbatch.time=24:00:00``.
+    sbatch: dict[str, Any] = field(default_factory=dict)
+    #: Print what would run (launcher command, sbatch script, SkyPilot task, generated configs), start nothing.
+    dry_run: bool = False
+    sky: SkySchema = field(default_factory=SkySchema)
+
+
+@dataclass
+class LocalHardwareSchema(SubmittableHardwareSchema):
     """In this process, on the CPU or one GPU."""
 
     runner: ClassVar[str] = "launchers.local"
 
 
 @dataclass
-class DistributedHardwareSchema(HardwareSchema):
+class DistributedHardwareSchema(SubmittableHardwareSchema):
     """Several processes (and nodes) started by a real launcher."""
 
     runner: ClassVar[str] = "launchers.distributed"
@@ -295,18 +332,10 @@ class DistributedHardwareSchema(HardwareSchema):
     offload: bool = False
     #: A DeepSpeed JSON file of your own, used as is instead of the generated one.
     deepspeed_config: str | None = None
-    #: Print the launcher command and the generated DeepSpeed config, run nothing.
-    dry_run: bool = False
     #: Seconds the process group waits for all ranks.
     timeout_s: int = at_least(1, 1800)
     #: Where DeepSpeed keeps the ops it compiles on first use (compiled once, then reused by every run).
     torch_extensions_dir: str = "${cache_dir}/torch_extensions"
-    #: local: run the launcher on this node now. slurm: write <run dir>/job.sbatch (one torchrun per node,
-    #: c10d rendezvous on the first node) and submit it with sbatch (with dry_run: write it only).
-    submit: Submit = Submit.local
-    #: Extra sbatch options with sbatch's own long names:
-    #: ``+hardware.sbatch.partition=gpu +hardware.sbatch.time=24:00:00``.
-    sbatch: dict[str, Any] = field(default_factory=dict)
     #: PyTorch FSDP2 (hardware=fsdp); null: no FSDP. The layers to shard come from the model's _no_split_modules.
     fsdp: FsdpSchema | None = None
 
@@ -435,6 +464,41 @@ class CostSchema:
 
 
 @dataclass
+class JudgeSchema:
+    """LLM-as-judge (trainer/judge.py): off while ``model`` is null."""
+
+    #: The judge model's name at the endpoint (a provider model, or a model `hydratune serve` serves).
+    model: str | None = None
+    #: Base URL of its OpenAI-compatible API, ending in /v1.
+    base_url: str | None = None
+    #: Name of the environment variable holding the API key (never the key itself); null sends no real key.
+    api_key_env: str | None = None
+    #: What a good answer is, given to the judge with every request.
+    rubric: str = (
+        "5 = the same content as the reference (wording may differ), 4 = minor omissions or extras, "
+        "3 = partly right, 2 = mostly wrong, 1 = wrong, empty or off-topic."
+    )
+    #: Sections whose answers are graded against the reference.
+    sections: list[str] = field(default_factory=lambda: ["base", "finetuned"])
+    #: Also compare the fine-tuned and the base answer to each question directly, in both orders.
+    pairwise: bool = True
+    #: Grade at most this many examples per section (null = all; the judge score joins the paired statistics
+    #: only when every example is graded).
+    max_examples: int | None = None
+    #: The judge's prices, USD per million prompt / answer tokens, for the estimate made before it runs.
+    prompt_usd_per_million: float = 0.15
+    answer_usd_per_million: float = 0.60
+    #: Send nothing when the estimate is above this many USD (null = no limit).
+    max_usd: float | None = 1.0
+    #: Tokens the judge may reply with (a score or a letter).
+    max_tokens: int = 8
+    #: Requests in flight at once, retries of failed requests, seconds one request may take.
+    concurrency: int = 4
+    max_retries: int = 3
+    timeout_s: float = 60.0
+
+
+@dataclass
 class EvalSchema:
     #: Evaluate at all (base and fine-tuned).
     enabled: bool = True
@@ -453,6 +517,11 @@ class EvalSchema:
     cache_base: bool = True
     #: Prices for the cost and break-even section of the report.
     cost: CostSchema = field(default_factory=CostSchema)
+    #: General-ability regression check: a probe set asked of the base and the fine-tuned model (``general``: the
+    #: 104 shipped questions; or a JSONL file of {"prompt", "answers"}); null = off (trainer/regression.py).
+    regression: str | None = None
+    #: LLM-as-judge grading of the answers against the references, and pairwise preference (off by default).
+    judge: JudgeSchema = field(default_factory=JudgeSchema)
     #: A model behind an OpenAI-compatible endpoint, evaluated as one more column (``eval.endpoint.name``);
     #: `hydratune eval` then evaluates it instead of loading ``model`` (no weights load), e.g.
     #: ``eval.endpoint.base_url=http://127.0.0.1:8000/v1 eval.endpoint.model=NAME`` for a model that

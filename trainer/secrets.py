@@ -188,17 +188,23 @@ def move_sweep_secrets_to_env(config: DictConfig) -> None:
             os.environ[name] = value
             remember(value)
             task[i] = f"{key}=${{oc.env:{name}}}"
-    plain = {k: v for k, v in _mapping(config).items() if k != "hydra"}
+    plain = _top_level(config)
     collect(plain)
     with read_write(config), open_dict(config):
         for key, _, _ in _changed(plain, redacted(plain)):
             OmegaConf.update(config, key, REDACTED, merge=False)
     # Hydra's own strings that repeat the command line (hydra.job.override_dirname, ...).
-    hydra = _mapping(config.hydra)
+    hydra: dict = OmegaConf.to_container(config.hydra, resolve=False)  # type: ignore[assignment]
     hydra["overrides"]["task"] = []  # rewritten above; the jobs need them
     with read_write(config.hydra), open_dict(config.hydra):
         for key, _, new in _changed(hydra, _redact_strings(hydra)):
             OmegaConf.update(config.hydra, key, new, merge=False)
+
+
+def _top_level(config: DictConfig) -> dict:
+    """The config without its hydra node, unresolved, as plain containers."""
+    plain: dict = OmegaConf.to_container(config, resolve=False)  # type: ignore[assignment]
+    return {k: v for k, v in plain.items() if k != "hydra"}
 
 
 def _redact_strings(node: Any) -> Any:
@@ -231,16 +237,9 @@ class RedactCallback(Callback):
         install_log_filter()
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        collect({k: v for k, v in _mapping(config).items() if k != "hydra"})
+        collect(_top_level(config))
         try:
             collect(OmegaConf.masked_copy(config, [str(k) for k in config if k != "hydra"]))
         except Exception:  # noqa: BLE001 - resolution errors surface later, where the engine reads the key
             pass
         install_log_filter()
-
-
-def _mapping(node: DictConfig) -> dict[str, Any]:
-    """A config node as a plain dict, interpolations left unresolved."""
-    value = OmegaConf.to_container(node, resolve=False)
-    assert isinstance(value, dict)
-    return {str(k): v for k, v in value.items()}

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, read_write
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from trainer.threads import share, usable_cores
 
@@ -77,16 +77,14 @@ class SweepCallback(Callback):
 def share_threads(config: DictConfig) -> None:
     """Add ``hardware.threads=N`` to the sweep's overrides (unless the command line sets hardware.threads) where
     "every core" would be wrong: with the parallel (joblib) launcher N = cores // n_jobs, so that n_jobs runs
-    never start n_jobs x cores spin-waiting OpenMP threads; on SLURM N = the job's cpus_per_task, not the node's
-    cores. Every run then says in its config and overrides.json how many threads it used."""
+    never start n_jobs x cores spin-waiting OpenMP threads. Not for runs submitted elsewhere (hardware.submit=slurm
+    or skypilot): their processes run on the nodes they are given, not on the cores of this one. Every run then says
+    in its config and overrides.json how many threads it used."""
     launcher = config.hydra.launcher
     target = str(launcher.get("_target_", ""))
-    if "joblib" in target:
-        threads = threads_per_job(int(launcher.get("n_jobs") or -1), usable_cores()[0])
-    elif target.endswith("SlurmLauncher") and launcher.get("cpus_per_task"):
-        threads = int(launcher.cpus_per_task)
-    else:
+    if "joblib" not in target or OmegaConf.select(config, "hardware.submit", default="local") != "local":
         return
+    threads = threads_per_job(int(launcher.get("n_jobs") or -1), usable_cores()[0])
     task = config.hydra.overrides.task
     if any(str(o).lstrip("+~").startswith("hardware.threads=") for o in task):
         return
