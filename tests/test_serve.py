@@ -17,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_hub import FakeHub
+from tests.fake_provider import files_containing
 from tests.helpers import REPO, compose, hydratune
 from trainer import endpoint_eval, evaluation, export
+from trainer.errors import UserError
 
 ANSWER = '["flour", "salt"]'
 SYSTEM = "List the generic ingredients as JSON."
@@ -174,6 +177,34 @@ def test_exported_model_gives_the_adapters_greedy_answers(trained_run, cache_dir
 
 
 @pytest.mark.slow
+def test_export_pushes_to_a_hub_with_the_token_from_the_environment_only(trained_run, cache_dir, tmp_path, monkeypatch):
+    token = "hf_FAKE-write-token-0123456789"
+    out, home = tmp_path / "pushed", tmp_path / "hf_home"
+    with FakeHub(token) as hub:
+        env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": token, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home)}
+        args = ["export", f"hydra.run.dir={trained_run}", f"export.dir={out}", "export.push_to_hub=acme/tiny-chat"]
+        result = hydratune(*args, cache=cache_dir, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+    files = hub.repos["acme/tiny-chat"]
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "generation_config.json",
+        "chat_template.jinja",
+    } <= set(files)
+    assert files["model.safetensors"] == (out / "merged" / "model.safetensors").read_bytes()
+    assert hub.private["acme/tiny-chat"] and hub.unauthorized == []
+    assert files_containing(tmp_path, token) == [] and files_containing(trained_run, token) == []
+    assert token not in result.stdout + result.stderr
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(
+        UserError, match="needs a Hugging Face token with write access in the environment variable HF_TOKEN"
+    ):
+        export.push(out / "merged", "acme/tiny-chat", True, [])
+
+
+@pytest.mark.slow
 def test_sigterm_stops_the_server_cleanly(server, trained_run):
     process, info = server
     process.send_signal(signal.SIGTERM)
@@ -204,3 +235,90 @@ def test_vllm_without_cuda_is_refused_before_anything_loads(trained_run, cache_d
 def test_serve_refuses_a_folder_that_holds_no_model(tmp_path, cache_dir):
     result = hydratune("serve", str(tmp_path), cache=cache_dir)
     assert result.returncode == 2 and "neither a finished run dir" in result.stderr
+
+
+@pytest.mark.slow
+def test_bench_runs_concurrent_clients_for_30_s_without_errors(trained_run, cache_dir):
+    result = hydratune(
+        "serve", "--bench", f"hydra.run.dir={trained_run}", "serve.port=0", "serve.bench.clients=4",
+        "serve.bench.seconds=30", "serve.bench.max_tokens=16", "serve.bench.usd_per_hour=0.25", cache=cache_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    bench = json.loads((trained_run / "serve_bench.json").read_text())
+    assert bench["errors"] == 0 and bench["requests"] >= 4 and bench["elapsed_s"] >= 30
+    assert 0 < bench["ttft_p50_s"] <= bench["latency_p50_s"] <= bench["latency_p95_s"]
+    assert bench["output_tokens_per_request"] < 16  # answers stop at the training EOS, not at max_tokens
+    (cost,) = bench["cost_per_1k_queries"]
+    assert cost["usd_per_1k_queries"] == pytest.approx(0.25 / 3600 / bench["requests_per_s"] * 1000)
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["serving"]["requests"] == bench["requests"] and "finetuned" in metrics
+    report = (trained_run / "report.md").read_text()
+    assert "## Serving (`hydratune serve --bench`)" in report and "| fine-tuned, served here |" in report
+    assert "![loss curve](loss_curve.png)" in report  # the run's report is kept, with the serving section added
+
+
+def test_cost_per_1000_queries_beside_provider_prices():
+    from omegaconf import OmegaConf
+
+    from trainer.serve_bench import costs
+
+    eval_cfg = OmegaConf.create(
+        {"compare_models": [{"name": "gpt", "usd_per_million_input_tokens": 0.15, "usd_per_million_output_tokens": 0.6},
+                            {"name": "unpriced", "usd_per_million_input_tokens": None, "usd_per_million_output_tokens": None}]}
+    )  # fmt: skip
+    metrics = {
+        "base": {"prompt_tokens_per_query": 40.0},
+        "few_shot": {"prompt_tokens_per_query": 140.0},
+        "compare": {"gpt": {"prompt_tokens_per_query": 50.0, "completion_tokens_per_query": 10.0}, "unpriced": {}},
+    }
+    rows = costs({"requests_per_s": 2.0}, 0.72, metrics, eval_cfg)
+    assert [r["model"] for r in rows] == ["fine-tuned, served here", "gpt", "gpt + few-shot prompt (estimate)"]
+    served, zero_shot, few_shot = (r["usd_per_1k_queries"] for r in rows)
+    assert served == pytest.approx(0.72 / 3600 / 2.0 * 1000)  # 0.1 USD
+    assert zero_shot == pytest.approx((50 * 0.15 + 10 * 0.6) / 1000)
+    assert few_shot == pytest.approx((150 * 0.15 + 10 * 0.6) / 1000)  # 100 more prompt tokens per query
+
+
+@pytest.mark.slow
+def test_gguf_export_of_smollm2_gives_the_adapters_answers(tmp_path, cache_dir):
+    """SmolLM2 with a LoRA adapter -> merged -> GGUF (llama.cpp's converter, installed by .ci/gguf) -> loaded back
+    by transformers: the adapter's logits and greedy answers on five held-out quickstart prompts."""
+    import torch
+    from omegaconf import OmegaConf
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer import data, models
+
+    cfg = compose("model=smollm2_135m", "model.dtype=float32", f"cache_dir={cache_dir}")
+    base_path = models.resolve_path(cfg.model, cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    torch.manual_seed(0)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    adapter = get_peft_model(AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32), lora)
+    run = tmp_path / "run"
+    adapter.save_pretrained(run / "model")
+    tokenizer.save_pretrained(run / "model")
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    out = tmp_path / "export"
+    export.main([f"hydra.run.dir={run}", f"export.dir={out}", "export.gguf=f32", f"cache_dir={cache_dir}"])
+    (gguf,) = out.glob("*.gguf")
+    from_gguf = AutoModelForCausalLM.from_pretrained(out, gguf_file=gguf.name, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    adapter = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32), run / "model"
+    )
+    queries = evaluation.queries(data.load_examples(cfg.dataset).validation, 5)
+    for query in queries:
+        ids = tokenizer.apply_chat_template(
+            query.prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        with torch.inference_mode():
+            logits = [m(**ids).logits[0, -1] for m in (from_gguf, adapter, base)]
+            stop = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+            answers = [
+                m.generate(**ids, max_new_tokens=12, do_sample=False, **stop).tolist() for m in (from_gguf, adapter)
+            ]
+        assert torch.allclose(logits[0], logits[1], atol=1e-3)  # the adapter's model ...
+        assert (logits[1] - logits[2]).abs().max() > 0.1  # ... which is not the base model
+        assert answers[0] == answers[1]

@@ -24,9 +24,14 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-#: Share of the micro-benchmark's matmul throughput that each kind of work reaches (measured on SmolLM2-135M,
-#: quickstart, LoRA, 2 threads; README "Pre-flight estimate").
-EFFICIENCY = {"train": 0.35, "forward": 0.45, "decode": 0.05}
+#: Share of the micro-benchmark's matmul throughput that each kind of work reaches, measured in CPU time on SmolLM2-135M,
+#: quickstart, LoRA (1 thread, AMD EPYC with avx512_bf16; README "Hardware-aware defaults"). bf16 matmuls gain more
+#: over float32 than the elementwise work around them, so bf16 reaches a smaller share of its (higher) peak.
+EFFICIENCY = {
+    "bfloat16": {"train": 0.27, "forward": 0.3, "decode": 0.09},
+    "float32": {"train": 0.55, "forward": 0.6, "decode": 0.18},
+}
+EFFICIENCY["float16"] = EFFICIENCY["bfloat16"]
 #: Seconds per layer per generated token that do not scale with FLOPs (kernel launches, Python, KV-cache updates).
 DECODE_LAYER_OVERHEAD_S = {"cpu": 4e-4, "cuda": 6e-5}
 #: Process start, imports and tokenizer: seconds before the weights start to load; weights load at this rate.
@@ -102,6 +107,7 @@ class Estimate:
 
 def compute(shape: ModelShape, work: Workload, device: str, dtype: str, threads: int, flops: float, source: str):
     """The estimate from the model's shape, the work and the device's matmul throughput (FLOP/s)."""
+    eff = EFFICIENCY[dtype]
     per_weight = 2 + (2 if shape.full else 2)  # forward 2, input gradients 2 ...
     per_weight += 2 if shape.full else 0  # ... and weight gradients 2 when every weight trains: 6N
     ctx = work.padded_tokens_per_sequence
@@ -111,17 +117,17 @@ def compute(shape: ModelShape, work: Workload, device: str, dtype: str, threads:
     train_step = work.sequences_per_step * (
         work.padded_tokens_per_sequence * train_token + work.scored_tokens_per_sequence * 3 * head
     )
-    step_s = train_step / (flops * EFFICIENCY["train"])
+    step_s = train_step / (flops * eff["train"])
 
     forward_token = 2 * shape.body + attention + head
-    eval_s = work.eval_loss_runs * work.eval_sequences * ctx * forward_token / (flops * EFFICIENCY["forward"])
+    eval_s = work.eval_loss_runs * work.eval_sequences * ctx * forward_token / (flops * eff["forward"])
     batches = math.ceil(work.queries / max(1, work.generation_batch)) if work.queries else 0
-    prefill = work.queries * work.prompt_tokens * forward_token / (flops * EFFICIENCY["forward"])
+    prefill = work.queries * work.prompt_tokens * forward_token / (flops * eff["forward"])
     decode_step = 2 * (shape.body + shape.hidden * shape.vocab) * work.generation_batch
     decode = (
         batches
         * work.new_tokens
-        * (decode_step / (flops * EFFICIENCY["decode"]) + shape.layers * DECODE_LAYER_OVERHEAD_S[device])
+        * (decode_step / (flops * eff["decode"]) + shape.layers * DECODE_LAYER_OVERHEAD_S[device])
     )
     evaluation_s = eval_s + work.generation_runs * (prefill + decode)
 
@@ -130,6 +136,8 @@ def compute(shape: ModelShape, work: Workload, device: str, dtype: str, threads:
     train_s = work.steps * step_s
     tokens = work.sequences_per_step * work.padded_tokens_per_sequence
     act_bytes = _BYTES[dtype] * shape.layers * (12 * shape.hidden + 6 * shape.intermediate)  # per token, saved
+    if not shape.full:  # adapters run in float32: each adapted linear keeps its input cast up and its dropout output
+        act_bytes += 8 * shape.layers * (6 * shape.hidden + shape.intermediate)
     tile = min(work.sequences_per_step * work.scored_tokens_per_sequence, LM_HEAD_TILE[0]) * LM_HEAD_TILE[1]
     trainable_bytes = 16 * shape.trainable if not shape.full else 12 * shape.total  # weight+grad fp32, Adam m and v
     memory = (

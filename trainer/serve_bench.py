@@ -49,7 +49,7 @@ def load_test(
     deadline = time.monotonic() + seconds
 
     def client(index: int) -> None:
-        api = openai.OpenAI(base_url=base_url, api_key="no-key", max_retries=0, timeout=max(60.0, seconds))
+        api = openai.OpenAI(base_url=base_url, api_key="no-key", max_retries=0, timeout=max(300.0, 10 * seconds))
         i = index
         while time.monotonic() < deadline:
             start = time.monotonic()

@@ -126,7 +126,7 @@ def serving(source: export.Source, cfg: Any, log_file: Path | None = None) -> It
     with tempfile.TemporaryDirectory(prefix="hydratune-serve-") as tmp:
         workdir = Path(tmp)
         argv, name = engine_command(source, serve_cfg, cfg.cache_dir, port, workdir)
-        log_file = log_file or (source.run_dir or workdir) / "serve.log"
+        log_file = log_file or (source.run_dir or source.folder) / "serve.log"
         log.info("starting %s: %s", serve_cfg.engine, " ".join(argv))
         env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
         with open(log_file, "ab") as out:
