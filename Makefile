@@ -22,6 +22,7 @@ setup:
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check trainer launchers tests
+	$(BIN)/mypy
 
 typecheck: setup
 	$(BIN)/mypy

@@ -28,3 +28,17 @@ def tiny_tokenizer():
     from trainer.models import tiny_tokenizer
 
     return tiny_tokenizer()
+
+
+@pytest.hookimpl(trylast=True)  # after -m has deselected: torch is imported only when a gpu test is still selected
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need a CUDA device; elsewhere they are reported as skipped (never as passed)."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason=f"needs a CUDA GPU (torch {torch.__version__} sees none)")
+        for item in gpu_items:
+            item.add_marker(skip)

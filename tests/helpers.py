@@ -36,3 +36,20 @@ def hydratune(*args: str, cache: Path, env: dict | None = None, timeout: int = 6
         cwd=REPO,
         timeout=timeout,
     )
+
+
+def compose_checked(*overrides: str):
+    """:func:`compose`, with composition errors (an unknown key, a value outside a closed choice) rewritten into the
+    UserError paragraph the CLI prints."""
+    from trainer.compose_errors import explain_composition_error
+    from trainer.errors import UserError
+
+    try:
+        return compose(*overrides)
+    except Exception as exc:  # noqa: BLE001 - composition errors only; anything else is re-raised by the rewrite
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        if not isinstance(exc, HydraException | OmegaConfBaseException):
+            raise
+        raise UserError(explain_composition_error(exc)) from None

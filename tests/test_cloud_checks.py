@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from launchers import check
-from tests.helpers import compose
+from tests.helpers import compose, compose_checked
 from trainer.errors import UserError
 from trainer.schema import hardware_schema
 
@@ -44,9 +44,8 @@ def test_every_cloud_option_composes_and_passes_the_checks(hardware, model):
     ],
 )
 def test_impossible_combinations(overrides, message):
-    cfg = compose("hardware=openai", "model=gpt_4o_mini", *overrides)
     with pytest.raises(UserError, match=message):
-        check(cfg)
+        check(compose_checked("hardware=openai", "model=gpt_4o_mini", *overrides))
 
 
 def test_provider_model_on_local_hardware():

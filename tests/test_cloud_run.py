@@ -96,9 +96,10 @@ def test_openai_end_to_end(fake, tmp_path, capsys, caplog):
             "hyperparameters": {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
         },
     }
-    assert (request["suffix"], request["seed"], request["validation_file"] is not None) == ("recipes", 7, True)
     state = json.loads((run_dir / "cloud_state.json").read_text())
     assert state["job"]["status"] == "succeeded" and len(state["files"]) == 2
+    assert (request["suffix"], request["seed"]) == ("recipes", 7)
+    assert {request["training_file"], request["validation_file"]} == {f["id"] for f in state["files"].values()}
     assert request["metadata"] == {"hydratune_run": state["run_id"]}
     events = [json.loads(line) for line in (run_dir / "cloud_events.jsonl").read_text().splitlines()]
     assert len({e["id"] for e in events}) == len(events) and sum(e["type"] == "metrics" for e in events) == 4

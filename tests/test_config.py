@@ -12,7 +12,7 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tests.helpers import REPO, compose, hydratune
+from tests.helpers import REPO, compose, compose_checked, hydratune
 from trainer.config_checks import check_config, check_schema
 from trainer.errors import UserError
 from trainer.schema import SCHEMAS, RootSchema
@@ -113,16 +113,7 @@ def test_library_args_file_matches_installed_libraries():
 )
 def test_bad_values_and_combinations_are_user_errors(overrides, expected):
     with pytest.raises(UserError, match=re.escape(expected)):
-        check_config(_checked(overrides))
-
-
-def _checked(overrides):
-    try:
-        return compose(*overrides)
-    except Exception as exc:  # composition errors are rewritten by the CLI; test the rewrite directly
-        from trainer.compose_errors import explain_composition_error
-
-        raise UserError(explain_composition_error(exc)) from None
+        check_config(compose_checked(*overrides))
 
 
 @pytest.mark.parametrize(

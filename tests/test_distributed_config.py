@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from launchers import deepspeed_config, distributed, slurm
-from tests.helpers import compose, hydratune
+from tests.helpers import compose, compose_checked, hydratune
 from trainer.config_checks import check_config
 from trainer.errors import UserError
 from trainer.schema import hardware_schema
@@ -154,8 +154,8 @@ def test_slurm_dry_run_prints_the_script(tmp_path, cache_dir):
     ],
 )
 def test_user_errors(overrides, message):
-    cfg = compose("model=tiny_random", *overrides)
     with pytest.raises(UserError, match=message.replace("?", r"\?")):
+        cfg = compose_checked("model=tiny_random", *overrides)
         check_config(cfg)
         deepspeed_config.build(cfg.hardware)
 

@@ -79,11 +79,12 @@ def test_saved_adapter_reloads_with_peft_and_holds_the_trained_weights(run):
 
 
 def test_library_objects_get_plain_containers(run, tmp_path):
-    from trainer import engine, models
+    from trainer import models
+    from trainer.objectives import training_args
     from trainer.plain import build
 
     cfg, _, _ = run
-    args = engine.sft_config(cfg, tmp_path, "cpu")
+    args = training_args(cfg, tmp_path, "cpu", report_to=[])
     assert type(args.label_names) is list and args.label_names == ["labels"]
     assert type(args.lr_scheduler_kwargs) is dict and args.lr_scheduler_kwargs == {"num_cycles": 0.25}
     lora = models.peft_config(cfg.method, added_tokens=0)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from trainer.errors import closest, first_line
+import re
+
+from trainer.errors import choice_error, closest, first_line
 from trainer.library_args import unknown_key_message
+
+#: OmegaConf's refusal of a value outside an Enum: "Invalid value 'bfloat', expected one of [auto, float32, ...]".
+_ENUM_MESSAGE = re.compile(r"Invalid value '(.*)', expected one of \[(.*)\]")
 
 
 def explain_composition_error(exc: BaseException) -> str:
@@ -39,6 +44,9 @@ def explain_composition_error(exc: BaseException) -> str:
         listing = f" Known keys there: {', '.join(sorted(allowed))}." if allowed else ""
         return f"Unknown config key '{where}'.{closest(str(cause.key), allowed)}{listing} Check the spelling."
     if isinstance(cause, ValidationError):
+        choice = _ENUM_MESSAGE.match(first_line(cause.msg or ""))
+        if choice:  # a closed choice (an Enum in trainer/schema.py)
+            return str(choice_error(str(cause.full_key), choice[1], choice[2].split(", ")))
         return (
             f"Wrong type for config key '{cause.full_key}': got {cause.value!r}. "
             f"{first_line(cause.msg or '')} Fix the value in your YAML file or override."

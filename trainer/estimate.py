@@ -299,7 +299,7 @@ def measured(estimate: Estimate, history: list[dict]) -> dict:
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    train = next((h for h in reversed(history) if "train_runtime" in h), {})
+    train: dict = next((h for h in reversed(history) if "train_runtime" in h), {})
     steps = train.get("step") or 0
     return {
         "estimated": {

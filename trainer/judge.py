@@ -121,6 +121,7 @@ class Judge:
             file = self._file(messages)
             if file.is_file():
                 return json.loads(file.read_text())["reply"]
+            assert client is not None
             response = client.chat.completions.create(
                 model=self.cfg.model, messages=messages, max_tokens=self.cfg.max_tokens, temperature=0.0
             )

@@ -31,6 +31,6 @@ def score_labelled_positions_only() -> bool:
     def compact(device) -> bool:
         return decide(device) or device.type == "cpu"
 
-    compact.hydratune_compact = True
+    compact.hydratune_compact = True  # type: ignore[attr-defined]  # marks the function as ours
     utils._use_triton = compact  # read by add_fused_lm_head's forward only, to choose compact scoring
     return True

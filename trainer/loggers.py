@@ -99,6 +99,8 @@ def answers(base_url: str, timeout_s: float) -> None:
     import http.client
 
     url = urlparse(base_url)
+    if not url.hostname:
+        raise OSError(f"{base_url} names no host")
     kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
     conn = kind(url.hostname or "", url.port, timeout=timeout_s)
     try:

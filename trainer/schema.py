@@ -33,6 +33,97 @@ def above(minimum: float, default: Any, maximum: float | None = None) -> Any:
     return field(default=default, metadata={"min": minimum, "exclusive": True, "max": maximum})
 
 
+# ---------------------------------------------------------------- closed choices
+
+
+class Choice(str, Enum):
+    """A closed choice, declared once: Hydra refuses any other value when it composes (the CLI names the allowed
+    ones), and a member compares, hashes, prints and serialises as its plain string value."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+    def __hash__(self) -> int:
+        return hash(str(self.value))
+
+
+class ModelSource(Choice):
+    hf = "hf"
+    gguf_wheel = "gguf_wheel"
+    tiny_random = "tiny_random"
+    provider = "provider"
+
+
+class Dtype(Choice):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class PaddingSide(Choice):
+    left = "left"
+    right = "right"
+
+
+class DataFormat(Choice):
+    chat = "chat"
+    alpaca = "alpaca"
+    sharegpt = "sharegpt"
+    prompt_completion = "prompt_completion"
+    text = "text"
+    template = "template"
+    preference = "preference"
+    unpaired = "unpaired"
+    prompt = "prompt"
+
+
+class OnError(Choice):
+    fail = "fail"
+    skip = "skip"
+
+
+class MethodName(Choice):
+    full = "full"
+    lora = "lora"
+    dora = "dora"
+    qlora = "qlora"
+
+
+class Device(Choice):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Launcher(Choice):
+    torchrun = "torchrun"
+    deepspeed = "deepspeed"
+    accelerate = "accelerate"
+
+
+class OnInterrupt(Choice):
+    detach = "detach"
+    cancel = "cancel"
+
+
+class LoggerName(Choice):
+    none = "none"
+    jsonl = "jsonl"
+    tensorboard = "tensorboard"
+    wandb = "wandb"
+    mlflow = "mlflow"
+
+
+class LoggerMode(Choice):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
 # ---------------------------------------------------------------- model
 
 
@@ -41,14 +132,14 @@ class ModelSchema:
     #: Where the weights come from: ``hf`` (a Hugging Face id or a local folder), ``gguf_wheel`` (a GGUF
     #: file inside an installed Python package, converted once into a cached HF folder), ``tiny_random``
     #: (a tiny random Llama built in-process, for tests) or ``provider`` (a model behind a fine-tuning API).
-    source: str = "hf"
+    source: ModelSource = ModelSource.hf
     #: Hugging Face id, local folder, ``package/file.gguf`` for gguf_wheel, or the provider's model name.
     name_or_path: str = MISSING
     #: Model revision (branch, tag or commit) for hub models.
     revision: str | None = None
     #: Weight dtype: float32, bfloat16, float16 or auto: bf16 on a GPU that supports it (else fp16; fp32 for full
     #: fine-tuning), bf16 on a CPU with native bf16 (AMX or AVX512_BF16 by torch's report), else float32.
-    dtype: str = "auto"
+    dtype: Dtype = Dtype.auto
     #: A Jinja chat template replacing the tokenizer's own (``null`` keeps the tokenizer's template).
     #: ``chatml`` selects the ChatML template, for base models that ship none.
     chat_template: str | None = None
@@ -57,7 +148,7 @@ class ModelSchema:
     #: Attention kernel: null (library default), eager, sdpa or flash_attention_2.
     attn_implementation: str | None = None
     #: Padding side used for batched generation (decoder-only models need left).
-    generation_padding_side: str = "left"
+    generation_padding_side: PaddingSide = PaddingSide.left
     #: Context length the model supports; used to warn about truncation.
     max_context: int | None = at_least(1, None)
     #: Tokenizer family for provider models (tiktoken encoding name, e.g. o200k_base).
@@ -103,7 +194,7 @@ class SourceSchema:
     #: Hugging Face dataset id.
     path: str = MISSING
     #: Row format: chat, alpaca, sharegpt, prompt_completion, text, template or preference.
-    format: str = "chat"
+    format: DataFormat = DataFormat.chat
     #: Split to read from a hub dataset or a save_to_disk folder (ignored for plain files).
     split: str | None = None
     #: Relative sampling weight when several sources are mixed (1.0 = every row once).
@@ -138,7 +229,7 @@ class DatasetSchema(SourceSchema):
     #: Keep at most this many training rows (after the split); null keeps all.
     max_train_examples: int | None = at_least(1, None)
     #: What to do with invalid rows: fail (nothing trains, every bad row is listed) or skip (listed and counted).
-    on_error: str = "fail"
+    on_error: OnError = OnError.fail
     #: Train on every token (true) or only on the assistant's answers / completions (false).
     train_on_all_tokens: bool = False
     #: Reuse tokenized data from the preprocessing cache when its key matches.
@@ -151,7 +242,7 @@ class DatasetSchema(SourceSchema):
 @dataclass
 class MethodSchema:
     #: full, lora, dora or qlora.
-    name: str = MISSING
+    name: MethodName = MISSING
     #: peft config (``_target_: peft.LoraConfig`` and its own argument names); null for full fine-tuning.
     peft: Any = None
     #: Quantization of the base weights (``_target_: transformers.BitsAndBytesConfig``); null for none.
@@ -172,7 +263,7 @@ class HardwareSchema:
     #: Strategy name (auto, cpu, single_gpu ...).
     name: str = MISSING
     #: auto (one CUDA GPU if present, else CPU), cpu or cuda.
-    device: str = "auto"
+    device: Device = Device.auto
     #: CPU threads per process; null uses every core (divided among processes).
     threads: int | None = at_least(1, None)
 
@@ -232,7 +323,7 @@ class DistributedHardwareSchema(SubmittableHardwareSchema):
 
     runner: ClassVar[str] = "launchers.distributed"
     #: The real launcher that starts the worker processes: torchrun, deepspeed or accelerate.
-    launcher: str = "torchrun"
+    launcher: Launcher = Launcher.torchrun
     #: Processes per node; null means every visible GPU (or 2 on a CPU-only machine).
     num_processes: int | None = at_least(1, None)
     #: Nodes (machines) in the run; every node runs the same command with its own node_rank.
@@ -316,7 +407,7 @@ class CloudHardwareSchema(HardwareSchema):
     #: (null: those columns are skipped on Azure). OpenAI evaluates the base model by its name.
     base_deployment: str | None = None
     #: What Ctrl-C does to a running job: detach (it keeps running) or cancel.
-    on_interrupt: str = "detach"
+    on_interrupt: OnInterrupt = OnInterrupt.detach
     #: First and largest poll interval in seconds (exponential backoff in between).
     poll_interval_s: float = above(0, 5.0)
     max_poll_interval_s: float = above(0, 60.0)
@@ -391,13 +482,13 @@ class TogetherHardwareSchema(HardwareSchema):
 @dataclass
 class LoggerSchema:
     #: none, jsonl, tensorboard, wandb or mlflow.
-    name: str = MISSING
+    name: LoggerName = MISSING
     #: Training-log interval in optimizer steps.
     logging_steps: int = at_least(1, 1)
     #: wandb: project and mode (offline unless you ask for online; online falls back to offline
     #: when the wandb server cannot be reached within the timeout).
     project: str = "hydratune"
-    mode: str = "offline"
+    mode: LoggerMode = LoggerMode.offline
     timeout_s: float = at_least(0, 5.0)
     #: mlflow: tracking URI (null: MLFLOW_TRACKING_URI, else a local SQLite store in the run or sweep dir) and
     #: experiment (null: the run name, or the sweep dir so that a sweep's runs share one experiment).

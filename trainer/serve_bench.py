@@ -30,10 +30,11 @@ def prompts(cfg: Any, source: Any, count: int) -> list[list[dict]]:
 
     dataset = source.run_cfg.dataset if source.run_cfg is not None else cfg.dataset
     examples = data.load_examples(dataset)
-    qs = [q for q in evaluation.queries(examples.validation or examples.train, None) if not isinstance(q.prompt, str)]
-    if not qs:
+    chats = [q.prompt for q in evaluation.queries(examples.validation or examples.train, None)]
+    prompts = [p for p in chats if not isinstance(p, str)]
+    if not prompts:
         raise UserError("serve --bench needs chat prompts: the run's dataset has no held-out chat examples.")
-    return [q.prompt for q in (qs * (count // len(qs) + 1))[:count]]
+    return (prompts * (count // len(prompts) + 1))[:count]
 
 
 def load_test(
@@ -55,7 +56,7 @@ def load_test(
             first = None
             tokens = 0
             try:
-                stream = api.chat.completions.create(
+                stream: Any = api.chat.completions.create(  # type: ignore[call-overload]  # plain dict messages
                     model=model,
                     messages=messages[i % len(messages)],
                     max_tokens=max_tokens,
