@@ -96,7 +96,9 @@ def resolve_path(model_cfg: DictConfig, cache_dir: str | Path) -> str:
         folder = cache / ("tiny-random-llama" if name == "tiny-random-llama" else f"tiny-random-llama-{name}")
         if not (folder / "config.json").exists():
             tokenizer = tiny_tokenizer()
-            seed = 0 if name == "tiny-random-llama" else int.from_bytes(hashlib.sha256(name.encode()).digest()[:4])
+            seed = (
+                0 if name == "tiny-random-llama" else int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
+            )
             _save_atomically(folder, tiny_model(tokenizer, seed), tokenizer)
         return str(folder)
     if model_cfg.source == "gguf_wheel":

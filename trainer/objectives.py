@@ -24,6 +24,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.errors import UserError, choice_error
@@ -69,7 +70,7 @@ def dataset_formats() -> dict[str, str]:
     out = {}
     for file in sorted((resources.files("conf") / "dataset").iterdir(), key=lambda f: f.name):
         if file.name.endswith(".yaml"):
-            out[file.name.removesuffix(".yaml")] = str(OmegaConf.create(file.read_text()).get("format", "chat"))
+            out[file.name.removesuffix(".yaml")] = str((yaml.safe_load(file.read_text()) or {}).get("format", "chat"))
     return out
 
 
@@ -141,7 +142,7 @@ def _provider_objectives() -> dict[str, frozenset[str]]:
     out = {}
     for file in (resources.files("conf") / "objective").iterdir():
         if file.name.endswith(".yaml"):
-            node = OmegaConf.create(file.read_text())
+            node = yaml.safe_load(file.read_text()) or {}
             out[file.name.removesuffix(".yaml")] = frozenset(node.get("providers") or {})
     return dict(sorted(out.items()))
 
@@ -191,7 +192,7 @@ def training_args(cfg: DictConfig, run_dir: Path, device: str, report_to: list[s
         args["dataset_kwargs"] = {"skip_prepare_dataset": True}  # trainer.data already tokenized, truncated, packed
     secrets.token_to_env(args)  # hub_token: into HF_TOKEN, never into training_args.bin
     if args.get("bf16") is None:
-        args["bf16"] = device == "cuda" and models.torch_dtype("auto", device) == models.torch_dtype("bfloat16", device)
+        args["bf16"] = device == "cuda" and models.resolve_dtype("auto", device)[0] == "bfloat16"
     if device != "cuda" and args.get("tf32"):
         raise UserError(
             "train.tf32=true enables TensorFloat-32 matrix products, which only NVIDIA Ampere (or newer) GPUs have, "

@@ -47,11 +47,13 @@ def rebuild(path: Path) -> Path:
 
 def objective_of(run_dirs: list[Path]) -> tuple[str, str]:
     """The sweep's objective metric and direction, as its runs recorded them (config.yaml, status.json)."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     for run in run_dirs:
         if (run / "config.yaml").is_file():
             cfg = OmegaConf.load(run / "config.yaml")
+            if not isinstance(cfg, DictConfig):
+                continue
             if "optimize" in cfg:
                 return str(cfg.optimize.metric), str(cfg.optimize.direction)
             if "metric" in (cfg.get("objective") or {}):  # a run recorded before the sweep's key was renamed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 
 from trainer.errors import UserError
 from trainer.metrics import ExactMatch as _ExactMatchMetric
@@ -41,7 +42,7 @@ class _Reward:
 
 
 class _AgainstReference(_Reward):
-    metric = None
+    metric: Callable[[str, str], float]
 
     def score(self, text: str, reference: str | None = None, **_) -> float:
         if reference is None:
@@ -77,7 +78,13 @@ class JsonValid(_Reward):
     """1.0 when the whole answer parses as JSON (optionally of one type: list, object ...), else 0.0."""
 
     name = "json_valid"
-    _TYPES = {"list": list, "object": dict, "string": str, "number": (int, float), "any": object}
+    _TYPES: dict[str, type | tuple[type, ...]] = {
+        "list": list,
+        "object": dict,
+        "string": str,
+        "number": (int, float),
+        "any": object,
+    }
 
     def __init__(self, type: str = "any") -> None:  # noqa: A002 - the JSON type's name, as users write it
         super().__init__()

@@ -143,6 +143,10 @@ def deployed(cfg: Any, state: Any, model: str | None) -> Iterator[str | None]:
             )
         yield str(dep.name) if dep.name else None
         return
+    if model is None:  # the job reported no fine-tuned model: there is nothing to deploy
+        log.warning("Azure: the job named no fine-tuned model, so no deployment is created and it is not evaluated.")
+        yield None
+        return
     api = Deployments(dep, hw.max_retries, hw.retry_backoff_s, hw.poll_interval_s)
     name = deployment_name(cfg, state.run_id)
     state.record("deployment", {"name": name, "model": model, "status": "creating"})

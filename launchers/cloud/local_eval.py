@@ -45,13 +45,14 @@ def evaluate(cfg: Any, run_dir: Path, weights: Path) -> dict[str, Any]:
     if cfg.eval.compare_base:
         trainer = engine.build_trainer(local, run_dir, device, base, tokenizer, prepared)
         out["base"] = evaluation.evaluate(trainer, tokenizer, local, queries, "base")
+    tuned: Any
     if (weights / "adapter_config.json").is_file():
         from peft import PeftModel
 
         tuned = PeftModel.from_pretrained(model=base, model_id=str(weights))
         log.info("loaded the downloaded adapter %s on %s", weights, local.model.name_or_path)
     else:
-        tuned = AutoModelForCausalLM.from_pretrained(str(weights), dtype=models.torch_dtype(dtype)).to(device)
+        tuned = AutoModelForCausalLM.from_pretrained(str(weights), dtype=models.torch_dtype(dtype)).to(device)  # type: ignore[arg-type]
         log.info("loaded the downloaded model %s", weights)
     trainer = engine.build_trainer(local, run_dir, device, tuned, tokenizer, prepared)
     out["finetuned"] = evaluation.evaluate(trainer, tokenizer, local, queries, "finetuned")

@@ -373,7 +373,7 @@ def _turns(chat: Normaliser, row: dict, column: str, role: str, need_assistant: 
         return [{"role": role, "content": value}]
     if value is None:
         raise Invalid(f"no '{column}' field (keys: {_keys(row)})")
-    return chat.messages(value, column, need_assistant)
+    return chat.messages(value, column, need_assistant)  # type: ignore[attr-defined]
 
 
 def _unpaired(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
