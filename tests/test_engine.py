@@ -140,5 +140,6 @@ def test_eval_command_scores_the_configured_model_without_training(tmp_path, cac
     result = hydratune("eval", *TINY, f"hydra.run.dir={tmp_path}", cache=cache_dir)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(metrics) == {"hardware", "base"} and metrics["base"]["examples"] == 8
+    assert set(metrics) == {"hardware", "objective", "base"} and metrics["base"]["examples"] == 8
+    assert metrics["objective"]["name"] == "sft"  # the verdict's headline metric comes from the objective
     assert not (tmp_path / "model").exists()
