@@ -315,7 +315,7 @@ def chat_cfg(tmp_path):
         f"dataset.path={ASSETS / 'data' / 'chat.jsonl'}",
         "dataset.validation_size=2",
         f"cache_dir={tmp_path / 'cache'}",
-        "train.max_length=128",
+        "++train.max_length=128",
     )
 
 
