@@ -32,5 +32,6 @@ def score_labelled_positions_only() -> bool:
         return decide(device) or device.type == "cpu"
 
     compact.hydratune_compact = True  # type: ignore[attr-defined]  # marks the function as ours
+    compact.original = decide  # type: ignore[attr-defined]  # TRL's own decision, for tests that compare with it
     utils._use_triton = compact  # read by add_fused_lm_head's forward only, to choose compact scoring
     return True
