@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,8 @@ def test_launch_runs_the_real_task_and_syncs_the_run_dir_back(tmp_path, cache_di
         for remote, local in task.file_mounts.items():  # what SkyPilot copies up
             Path(on_cluster(remote)).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(local, on_cluster(remote))
-        env = {"HYDRATUNE_CACHE": str(cache_dir), "PATH": f"{Path(shutil.which('python')).parent}:/usr/bin:/bin"}
+        # the cluster has hydratune installed: this interpreter's environment (active or not) comes first on PATH
+        env = {"HYDRATUNE_CACHE": str(cache_dir), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
         done = real_run(["bash", "-c", on_cluster(task.run)], cwd=task.workdir, env=env, capture_output=True)
         assert done.returncode == 0, done.stderr[-3000:]
         return 1, None
