@@ -218,6 +218,7 @@ def main() -> None:
     p.add_argument("--cache", default=cache_default, help="hydratune's cache (model folder, tokenized data)")
     p.add_argument("--lf-venv", type=Path, default=None, help="LLaMA-Factory's venv (default <cache>/bench/lf-venv)")
     p.add_argument("--torch-index", default=None, help="an extra index for the torch build (CPU wheels)")
+    p.add_argument("--no-warm-up", action="store_true", help="skip the untimed warm-up round (caches already warm)")
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = p.parse_args()
     JOB["steps"] = args.steps
@@ -242,7 +243,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         files = write_data(Path(tmp), Path(cfg.dataset.path), JOB["rows"])
-        for i in range(-1, args.rounds):  # round -1: the untimed warm-up
+        for i in range(0 if args.no_warm_up else -1, args.rounds):  # round -1: the untimed warm-up
             out = Path(tmp) / f"round{i}"
             out.mkdir()
             cmds = commands(files, model_dir, out, args.cache)
