@@ -116,7 +116,7 @@ def ensure_lf_venv(venv: Path, torch_index: str | None) -> None:
 # ---------------------------------------------------------------- one timed process per trainer
 
 
-def commands(files: dict[str, Path], model_dir: str, out: Path, cache: str) -> dict[str, list[str]]:
+def commands(files: dict[str, Path], model_dir: str, out: Path, cache: str, threads: str) -> dict[str, list[str]]:
     job = JOB
     hydratune = [
         "-m",
@@ -138,6 +138,7 @@ def commands(files: dict[str, Path], model_dir: str, out: Path, cache: str) -> d
         "train.save_strategy=no",
         f"logger.logging_steps={job['log_every']}",
         "eval=none",
+        f"hardware.threads={threads}",  # the others take OMP_NUM_THREADS
         f"cache_dir={cache}",
         f"hydra.run.dir={out / 'hydratune'}",
     ]
@@ -202,6 +203,8 @@ def timed(name: str, cmd: list[str], hook: Path, env: dict, log: Path) -> dict:
     return {
         "tokens_per_s": (last["tokens"] - first["tokens"]) / (last["time"] - first["time"]),
         "first_step_s": first["time"] - start,
+        "tokens_per_cpu_s": (last["tokens"] - first["tokens"]) / (last["cpu"] - first["cpu"]),
+        "first_step_cpu_s": first["cpu"],
         "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9,
         "wall_s": time.time() - start,
         "steps": last["step"],
@@ -218,6 +221,7 @@ def main() -> None:
     p.add_argument("--cache", default=cache_default, help="hydratune's cache (model folder, tokenized data)")
     p.add_argument("--lf-venv", type=Path, default=None, help="LLaMA-Factory's venv (default <cache>/bench/lf-venv)")
     p.add_argument("--torch-index", default=None, help="an extra index for the torch build (CPU wheels)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per trainer (default: the usable cores)")
     p.add_argument("--no-warm-up", action="store_true", help="skip the untimed warm-up round (caches already warm)")
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = p.parse_args()
@@ -236,7 +240,7 @@ def main() -> None:
     with initialize_config_module("conf", version_base="1.3"):
         cfg = compose("config", overrides=[f"cache_dir={args.cache}"])
     model_dir = resolve_path(cfg.model, args.cache)  # converts the GGUF once
-    threads = str(len(os.sched_getaffinity(0)))
+    threads = str(args.threads or len(os.sched_getaffinity(0)))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env |= {"HYDRATUNE_CACHE": args.cache, "DISABLE_VERSION_CHECK": "1"}
 
@@ -246,7 +250,7 @@ def main() -> None:
         for i in range(0 if args.no_warm_up else -1, args.rounds):  # round -1: the untimed warm-up
             out = Path(tmp) / f"round{i}"
             out.mkdir()
-            cmds = commands(files, model_dir, out, args.cache)
+            cmds = commands(files, model_dir, out, args.cache, threads)
             cmds["LLaMA-Factory"][0] = str(lf_python(venv))
             order = list(cmds) if i % 2 == 0 else list(reversed(cmds))  # alternate who goes first
             for name in order:
@@ -259,6 +263,8 @@ def main() -> None:
         name: {
             "tokens_per_s": max(r["tokens_per_s"] for r in rs),
             "first_step_s": min(r["first_step_s"] for r in rs),
+            "tokens_per_cpu_s": max(r["tokens_per_cpu_s"] for r in rs),
+            "first_step_cpu_s": min(r["first_step_cpu_s"] for r in rs),
             "peak_rss_gb": min(r["peak_rss_gb"] for r in rs),
             "base_dtype": rs[0]["base_dtype"],
         }
@@ -279,6 +285,12 @@ def main() -> None:
         print(
             f"| {name} | {b['tokens_per_s']:.1f} | {b['first_step_s']:.1f} s | {b['peak_rss_gb']:.2f} GB |"
             f" {ratio:.3f}x tokens/s, first step {b['first_step_s'] - lf['first_step_s']:+.1f} s |"
+        )
+    print("\nCPU time (steadier than wall time when the machine is shared; with 1 thread, equal to it when idle):")
+    for name, b in best.items():
+        print(
+            f"  {name:14s} {b['tokens_per_cpu_s']:7.1f} tokens per CPU second "
+            f"({b['tokens_per_cpu_s'] / lf['tokens_per_cpu_s']:.3f}x), first step after {b['first_step_cpu_s']:.1f} CPU s"
         )
     hydra_ratio = best["hydratune"]["tokens_per_s"] / lf["tokens_per_s"]
     earlier = best["hydratune"]["first_step_s"] <= lf["first_step_s"]

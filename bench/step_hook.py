@@ -5,7 +5,7 @@ LLaMA-Factory): all three train through transformers' Trainer, so one hook measu
     python bench/step_hook.py OUT.jsonl path/to/script.py ARGS...       # a script
 
 It wraps ``Trainer.training_step`` to count the real (non-padding) tokens of every batch, and writes one line per
-finished optimizer step to OUT.jsonl: {"step", "time", "tokens"} (time.time(), cumulative tokens; the first line
+finished optimizer step to OUT.jsonl: {"step", "time", "cpu", "tokens"} (time.time(), the process's CPU seconds, cumulative tokens; the first line
 also names the frozen base weights' dtype). Then it runs the
 module or script as `python` would. It imports transformers before the trainer does: a cost every trainer pays
 anyway, so the start-up comparison stays fair.
@@ -35,7 +35,7 @@ def install(out_path: str) -> None:
 
     class StepClock(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            row = {"step": state.global_step, "time": time.time(), "tokens": seen["tokens"]}
+            row = {"step": state.global_step, "time": time.time(), "cpu": time.process_time(), "tokens": seen["tokens"]}
             if state.global_step == 1 and model is not None:  # what the frozen base weights are held in
                 row["base_dtype"] = str(next(p.dtype for p in model.parameters() if not p.requires_grad))
             out.write(json.dumps(row) + "\n")
