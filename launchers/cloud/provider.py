@@ -63,6 +63,8 @@ class FileInfo:
 
 class Provider(Protocol):
     name: str
+    #: What the provider trains and with which of its own keys, for messages (one sentence).
+    settings: str
 
     def model_name(self, cfg: Any) -> str:
         """The model name the provider knows for ``cfg.model``."""

@@ -22,6 +22,10 @@ HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier", "dpo_be
 
 class OpenAI:
     name = "openai"
+    settings = (
+        "it supports objective=sft or dpo and the hyperparameters hardware.n_epochs, batch_size, "
+        "learning_rate_multiplier (a number or auto), dpo_beta (objective=dpo), seed and suffix."
+    )
 
     def __init__(self, hw: Any) -> None:
         self.hw = hw

@@ -44,6 +44,12 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 class Together:
     name = "together"
+    settings = (
+        "it supports objective=sft or dpo, LoRA (hardware.lora=true, with lora_r, lora_alpha, lora_dropout, "
+        "lora_trainable_modules) or full fine-tuning (hardware.lora=false with method=full), and the hyperparameters "
+        "hardware.n_epochs, learning_rate, batch_size, lr_scheduler_type, warmup_ratio, max_grad_norm, weight_decay, "
+        "n_evals, train_on_inputs, max_seq_length, random_seed, dpo_beta and suffix."
+    )
 
     def __init__(self, hw: Any) -> None:
         self.hw = hw
