@@ -210,11 +210,9 @@ def _check(rec: Any) -> Any:
             "record.endpoint.usd_per_million_input_tokens and usd_per_million_output_tokens (the provider's price "
             "list for this model), or drop record.max_usd."
         )
-    if endpoint.api_key_env and not os.environ.get(endpoint.api_key_env):
-        raise UserError(
-            f"record.endpoint.api_key_env={endpoint.api_key_env}: that environment variable is not set (or empty). "
-            f"Export the API key for {endpoint.base_url} in it; hydratune reads keys from the environment only."
-        )
+    from trainer.endpoint_eval import check_key
+
+    check_key(endpoint, "record.endpoint")
     return endpoint
 
 
