@@ -541,8 +541,27 @@ def test_enospc_at_the_write_boundary_is_one_paragraph_and_leaves_no_temp_file(t
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_read_only_run_dir_is_one_paragraph(tmp_path, monkeypatch):
-    # As root a chmod does not stop writes, so the permission check is what is exercised here.
+def test_a_read_only_run_dir_is_one_paragraph(tmp_path, cache_dir):
+    """A run dir (and a run dir's parent) on a read-only mount: a private read-only bind mount (root ignores chmod,
+    not EROFS), so the real failure is met where Hydra opens hydratune.log and where it makes the run dir."""
+    if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs `unshare --mount` (root, as in CI) to make a read-only mount")
+    (tmp_path / "ro" / "run").mkdir(parents=True)
+    (tmp_path / "ro" / "run" / "kept.txt").write_text("mine")
+    cli = f"{sys.executable} -m trainer.cli {' '.join(TINY)} train.max_steps=2 cache_dir={cache_dir}"
+    script = (
+        f"mount --bind {tmp_path}/ro {tmp_path}/ro && mount -o remount,bind,ro {tmp_path}/ro && "
+        f"{cli} hydra.run.dir={tmp_path}/ro/run; echo exit=$?; {cli} hydra.run.dir={tmp_path}/ro/new; echo exit=$?"
+    )
+    result = subprocess.run(["unshare", "--mount", "bash", "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert result.stdout.split() == ["exit=2", "exit=2"] and "Traceback" not in result.stderr, result.stderr[-3000:]
+    for path in (f"{tmp_path}/ro/run/hydratune.log", f"{tmp_path}/ro/new"):
+        assert f"Could not write {path}: Read-only file system. {Path(path).parent} is on a read-only" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "ro").rglob("*")) == ["kept.txt", "run"]
+
+
+def test_a_run_dir_you_may_not_write_is_one_paragraph(tmp_path, monkeypatch):
+    # Root ignores permission bits, so the check before any write is exercised through os.access.
     cfg = compose(*TINY)
     monkeypatch.setattr(rundir.os, "access", lambda path, mode: False)
     with pytest.raises(UserError, match="is not writable by you"):
