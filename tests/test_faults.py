@@ -4,6 +4,7 @@ are skipped; damaged cache entries are rebuilt; no planted secret reaches any fi
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import socket
@@ -541,6 +542,7 @@ def test_enospc_at_the_write_boundary_is_one_paragraph_and_leaves_no_temp_file(t
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_read_only_run_dir_is_one_paragraph(tmp_path, cache_dir):
     """A run dir (and a run dir's parent) on a read-only mount: a private read-only bind mount (root ignores chmod,
     not EROFS), so the real failure is met where Hydra opens hydratune.log and where it makes the run dir."""
@@ -585,6 +587,42 @@ def test_wandb_online_against_a_tarpit_falls_back_to_offline_in_time(monkeypatch
     finally:
         tarpit.close()
     assert mode == "offline" and time.perf_counter() - started < 5
+
+
+class _RefusingWandb(http.server.BaseHTTPRequestHandler):
+    """A reachable wandb server that refuses every key, as api.wandb.ai does a wrong one."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(401)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"errors": [{"message": "user is not logged in"}]}')
+
+    do_GET = do_POST
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.slow
+def test_a_wandb_server_refusing_the_key_is_one_paragraph(tmp_path, cache_dir):
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusingWandb)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {"WANDB_BASE_URL": f"http://127.0.0.1:{server.server_address[1]}", "WANDB_API_KEY": "k" * 40}
+    try:
+        result = hydratune(
+            *TINY, "train.max_steps=1", "eval=none", "logger=wandb", "logger.mode=online", f"hydra.run.dir={tmp_path}",
+            cache=cache_dir, env=env, timeout=180,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "Weights & Biases refused the run (CommError: user is not logged in). Check WANDB_API_KEY" in result.stderr
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
+    assert files_containing(tmp_path, "k" * 40) == []
 
 
 def test_a_wandb_refusal_is_one_paragraph():
