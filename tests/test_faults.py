@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.fake_provider import files_containing, write_chat_dataset
-from tests.helpers import REPO, compose, hydratune
+from tests.helpers import REPO, compose, hydratune, interruptible
 from trainer import checkpoints, rundir
 from trainer.errors import UserError
 
@@ -487,13 +487,15 @@ def test_ctrl_c_writes_interrupted_and_exits_130_then_resumes(tmp_path, cache_di
     import signal
     import time
 
-    steps = [*TINY, "eval=none", "train.max_steps=12", "train.save_steps=4", f"hydra.run.dir={tmp_path}"]
+    # Ctrl-C lands after the first checkpoint, with 75 steps to go: time enough on a loaded machine.
+    steps = [*TINY, "eval=none", "train.max_steps=100", "train.save_steps=25", f"hydra.run.dir={tmp_path}"]
     env = {**os.environ, "HYDRATUNE_CACHE": str(cache_dir)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer.cli", *steps], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
-    )
+        [sys.executable, "-m", "trainer.cli", *steps],
+        cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
+    )  # fmt: skip
     deadline = time.time() + 300
-    while not (tmp_path / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
+    while not (tmp_path / "checkpoints" / "checkpoint-25" / "trainer_state.json").exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
@@ -502,7 +504,7 @@ def test_ctrl_c_writes_interrupted_and_exits_130_then_resumes(tmp_path, cache_di
     assert "interrupted" in err and json.loads((tmp_path / "status.json").read_text())["status"] == "interrupted"
     result = hydratune(*steps, cache=cache_dir)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert [s for s, _ in losses(tmp_path)] == list(range(1, 13))  # every step once
+    assert [s for s, _ in losses(tmp_path)] == list(range(1, 101))  # every step once
 
 
 def test_a_full_disk_at_checkpoint_time_is_one_paragraph_and_the_rerun_recovers(tmp_path, cache_dir):
