@@ -84,6 +84,12 @@ class FakeProvider:
         self.upload_500_after_commit = 0
         #: Known prompts (last user message) -> the reference answer the fine-tuned model gives.
         self.answers: dict[str, str] = {}
+        #: Fine-tuned models that exist from the start (an earlier ``ft:gpt-4o-mini-...``): they answer like a tuned one.
+        self.finetunes: set[str] = set()
+        #: Seconds each chat completion takes (a window for a test to kill its client mid-request).
+        self.chat_delay_s = 0.0
+        #: Chat completions answered per prompt (the last user message), judges left out.
+        self.prompts: Counter[str] = Counter()
         #: Judge models (LLM-as-judge): model name -> function from the request's messages to the reply.
         self.judges: dict[str, Any] = {}
         #: Azure base-model deployments that exist from the start: deployment name -> model.
@@ -390,7 +396,7 @@ class FakeProvider:
         )
 
     def tuned_models(self) -> set[str]:
-        return {j["fine_tuned_model"] for j in self.jobs.values() if j["fine_tuned_model"]}
+        return {j["fine_tuned_model"] for j in self.jobs.values() if j["fine_tuned_model"]} | self.finetunes
 
     # ------------------------------------------------------------ chat
 
@@ -414,10 +420,14 @@ class FakeProvider:
                 self.base_deployments.values()
             ):
                 raise HttpError(404, f"The model `{model}` does not exist.", "model_not_found", "model")
+            messages = args["messages"]
+            question = [m["content"] for m in messages if m["role"] == "user"][-1]
+            self.prompts[question] += 1  # counted as it arrives: a client killed before the answer still paid
+        if self.chat_delay_s:
+            time.sleep(self.chat_delay_s)
+        with self._lock:
             self.counters["chat"] += 1
             self.counters["chat.finetuned" if tuned else "chat.base"] += 1
-        messages = args["messages"]
-        question = [m["content"] for m in messages if m["role"] == "user"][-1]
         answer = self.answers.get(question, BASE_ANSWER) if tuned else BASE_ANSWER
         prompt_tokens = 3 + sum(3 + len(str(m.get("content", "")).split()) for m in messages)
         return {
