@@ -158,11 +158,76 @@ def test_an_unmappable_key_is_one_paragraph_naming_it(tmp_path, cache_dir):
     assert not (tmp_path / "x.yaml").exists()
 
 
-@pytest.mark.parametrize("asset", ["dpo", "orpo"])
-def test_preference_tasks_name_the_objective_to_write_by_hand(asset):
-    with pytest.raises(UserError, match="translates supervised configs only") as err:
-        autotrain.convert(yaml.safe_load((AUTOTRAIN / f"{asset}.yml").read_text()), f"{asset}.yml")
-    assert "objective=dpo dataset=preference" in str(err.value)
+def test_llm_dpo_converts_to_objective_dpo(tmp_path, monkeypatch):
+    # AutoTrain's llama3-8b-dpo-qlora sample: task llm + params.trainer dpo, ChatML conversations, QLoRA, fp16.
+    monkeypatch.setenv("HF_USERNAME", "someone")
+    cfg, text = converted(tmp_path, "dpo", "hardware.device=cuda")
+    assert (cfg.objective.name, cfg.dataset.format, cfg.method.name, cfg.model.chat_template) == (
+        "dpo",
+        "preference",
+        "qlora",
+        "chatml",
+    )
+    assert (cfg.dataset.path, dict(cfg.dataset.columns), cfg.eval.enabled) == ("mlabonne/orpo-dpo-mix-40k", {}, False)
+    assert dict(cfg.objective.args) == {"max_length": 1024, "beta": 0.1}  # block_size; dpo_beta (AutoTrain's default)
+    assert (cfg.train.num_train_epochs, cfg.train.learning_rate, cfg.train.fp16, "packing" in cfg.train) == (
+        3,
+        3e-5,
+        True,
+        False,
+    )
+    assert "params.max_prompt_length=512: TRL's DPOConfig has no such limit" in text
+    assert "prompt_text_column=prompt is not read" in text  # the chat template takes the prompt from chosen
+
+
+def test_llm_orpo_converts_to_the_experimental_objective(tmp_path):
+    # AutoTrain's smollm2_orpo sample (task llm-orpo); dpo_beta is DPO's, ignored by ORPO in AutoTrain too.
+    spec = yaml.safe_load((AUTOTRAIN / "orpo.yml").read_text())
+    spec["params"].update(dpo_beta=0.3, max_completion_length=256, mixed_precision=None)
+    cfg, text = converted(tmp_path, "orpo", spec=spec)
+    assert (cfg.objective.name, cfg.objective.experimental, cfg.dataset.format) == ("orpo", True, "preference")
+    # beta: objective=orpo's own (TRL's default, which AutoTrain trains with)
+    assert dict(cfg.objective.args) == {"beta": 0.1, "max_length": 1024, "max_completion_length": 256}
+    assert "params.dpo_beta=0.3 is a DPO setting: llm-orpo ignores it" in text
+    plain = {**spec, "data": {**spec["data"], "chat_template": None}}  # plain texts: the prompt column is read
+    plain["data"]["column_mapping"] = {"text_column": "good", "rejected_text_column": "bad", "prompt_text_column": "q"}
+    cfg, _ = converted(tmp_path, "orpo_plain", spec=plain)
+    assert dict(cfg.dataset.columns) == {"chosen": "good", "rejected": "bad", "prompt": "q"}
+
+
+def test_llm_reward_converts_composes_and_reads_autotrains_text_pairs(tmp_path, monkeypatch):
+    # AutoTrain's documented reward data: whole texts in text / rejected_text, no prompt column.
+    monkeypatch.chdir(REPO)
+    cfg, _ = converted(tmp_path, "reward")
+    assert (cfg.objective.name, cfg.objective.head, cfg.method.name, cfg.method.quantization) == (
+        "reward",
+        "sequence_classification",
+        "lora",
+        None,
+    )
+    assert dict(cfg.dataset.columns) == {"chosen": "text", "rejected": "rejected_text"}
+    assert dict(cfg.objective.args) == {"max_length": 512}
+    from trainer import data
+
+    rows = data.load_examples(cfg.dataset, None).train
+    assert len(rows) == 4 and not data.load_examples(cfg.dataset, None).skipped
+    pair = next(r for r in rows if "I am" in r["prompt"][0]["content"])
+    assert pair == {  # the shared beginning, up to its last whitespace, is the prompt
+        "prompt": [{"role": "user", "content": "human: how are you \\n bot: I am"}],
+        "chosen": [{"role": "assistant", "content": "fine"}],
+        "rejected": [{"role": "assistant", "content": "not fine"}],
+    }
+
+
+def test_preference_tasks_need_the_rejected_column_and_no_other_reference_model():
+    spec = yaml.safe_load((AUTOTRAIN / "dpo.yml").read_text())
+    spec["data"]["column_mapping"].pop("rejected_text_column")
+    with pytest.raises(UserError, match="rejected_text_column is missing"):
+        autotrain.convert(spec, "dpo.yml")
+    spec = yaml.safe_load((AUTOTRAIN / "dpo.yml").read_text())
+    spec["params"].update(peft=False, model_ref="other/model")
+    with pytest.raises(UserError, match="params.model_ref=other/model cannot be converted"):
+        autotrain.convert(spec, "dpo.yml")
 
 
 BASE = {"task": "llm-sft", "base_model": "gpt2", "data": {"path": "org/data"}}
@@ -178,6 +243,7 @@ BASE = {"task": "llm-sft", "base_model": "gpt2", "data": {"path": "org/data"}}
         ({"data": {"path": "org/data", "train_split": "en:train"}}, "names a dataset configuration"),
         ({"data": {"path": "org/data", "column_mapping": {"label_column": "y"}}}, "data.column_mapping.label_column"),
         ({"task": "text-classification"}, "task=text-classification cannot be converted"),
+        ({"task": "llm-grpo"}, "task=llm-grpo cannot be converted"),
         ({"hub": {"push_to_hub": True}}, "needs hub.username"),
         ({"wandb": {"project": "x"}}, "wandb has no hydratune equivalent"),
     ],

@@ -73,7 +73,11 @@ def column(page, table: str, index: int) -> list[str]:
 
 def test_run_report_in_a_browser(browser, tmp_path):
     # base right on 0-4, tuned right on 2-24 (the clear-gain case of test_report.py)
-    report.write_report(tmp_path, metrics(list(range(5)), list(range(2, 25))), [{"step": 1, "loss": 2.0}], "gain")
+    gain = metrics(list(range(5)), list(range(2, 25)))
+    long_prompt = "system: " + "a shared system prompt. " * 40 + "user: recipe twenty-seven"
+    for key in ("base", "finetuned"):
+        gain[key]["per_example"]["prompt"][27] = long_prompt
+    report.write_report(tmp_path, gain, [{"step": 1, "loss": 2.0}], "gain")
     page = open_page(browser, tmp_path / "report.html")
     assert page.problems == []
     verdict = page.locator("#verdict")
@@ -97,6 +101,16 @@ def test_run_report_in_a_browser(browser, tmp_path):
 
     page.fill("input[data-filter=examples]", "tuned said 27")
     assert column(page, "examples", 0) == ["27"] and page.inner_text("#examples-count") == "1"
+    # a long prompt shows its end, one clipped line, until expanded; the whole text on hover and when open
+    cell = page.locator("#examples tbody tr:not([hidden]) td").nth(1)
+    summary = cell.locator("summary")
+    assert summary.inner_text().strip() == "\u2026" + long_prompt[-160:]
+    assert summary.get_attribute("title") == long_prompt
+    clipped = cell.bounding_box()["height"]
+    summary.click()
+    assert cell.inner_text().strip().endswith(long_prompt) and cell.bounding_box()["height"] > 2 * clipped
+    page.fill("input[data-filter=examples]", "a shared system prompt")  # search reads the whole prompt
+    assert column(page, "examples", 0) == ["27"]
 
     shot = tmp_path / "report.png"
     page.screenshot(path=str(shot), full_page=True)

@@ -20,7 +20,7 @@ import pytest
 from tests.fake_hub import FakeHub
 from tests.fake_provider import files_containing
 from tests.helpers import REPO, compose, hydratune
-from trainer import endpoint_eval, evaluation, export
+from trainer import endpoint_eval, evaluation, export, serving
 from trainer.errors import UserError
 
 ANSWER = '["flour", "salt"]'
@@ -65,6 +65,34 @@ def trained_run(tmp_path_factory, cache_dir) -> Path:
     return run
 
 
+#: The default job's data (dataset=quickstart) on the tiny model: a few LoRA steps at a high learning rate teach it
+#: the answers' JSON-list opening, which the base model never writes (it learns no recipe: 4 held-out examples).
+QUICKSTART = [
+    "model=tiny_random",
+    "hardware.threads=1",
+    "logger=none",
+    "dataset.validation_size=4",
+    "eval.generation.max_new_tokens=12",
+    "++train.max_steps=20",
+    "train.learning_rate=1e-2",
+    "train.per_device_train_batch_size=4",
+]
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory, cache_dir) -> Path:
+    """A finished quickstart run (trained in this process: no `hydratune` start-up to pay)."""
+    from trainer import engine, rundir
+    from trainer.config_checks import check_config
+
+    run = tmp_path_factory.mktemp("quickstart") / "run"
+    cfg = compose(*QUICKSTART, f"output_dir={run}", f"cache_dir={cache_dir}")
+    check_config(cfg)
+    rundir.start(cfg, run, "train")
+    engine.train(cfg, run, "cpu")
+    return run
+
+
 @pytest.fixture(scope="module")
 def server(trained_run, cache_dir):
     """`hydratune serve` on the run, in a subprocess; stopped (and killed if need be) at the end."""
@@ -104,6 +132,36 @@ def test_served_run_answers_with_the_fine_tuned_behaviour_and_stops_at_its_eos(s
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["base"]["exact_match"] == 0.0  # the base model does not give it
     assert all(s["prediction"] != ANSWER for s in metrics["base"]["samples"])
+
+
+@pytest.mark.slow
+def test_served_quickstart_run_gives_its_fine_tuned_answers_to_held_out_prompts(quickstart_run, cache_dir):
+    """What `hydratune serve hydra.run.dir=RUN` runs (its config, engine check and server), in this process, on a
+    finished quickstart run: the OpenAI SDK's answers to held-out recipes are the run's own fine-tuned answers
+    (examples.jsonl), not the base model's."""
+    import openai
+
+    from trainer import data
+
+    _, cfg, _ = export.command_config("serve", [f"hydra.run.dir={quickstart_run}", "serve.port=0"])
+    serving.check_engine(cfg.serve)
+    examples = [json.loads(line) for line in (quickstart_run / "examples.jsonl").read_text().splitlines()]
+    queries = evaluation.queries(data.load_examples(compose(*QUICKSTART).dataset).validation, 4)
+    assert [q.reference for q in queries] == [e["reference"] for e in examples]  # the run's held-out recipes
+    with serving.serving(export.find(quickstart_run), cfg) as served:
+        assert served.model == "quickstart-lora"
+        client = openai.OpenAI(base_url=served.base_url, api_key="unused")
+        answers = [
+            client.chat.completions.create(model=served.model, messages=q.prompt, max_tokens=12, temperature=0)
+            .choices[0]
+            .message.content
+            for q in queries
+        ]
+    tuned = [e["answers"]["finetuned"]["prediction"] for e in examples]
+    base = [e["answers"]["base"]["prediction"] for e in examples]
+    assert answers == tuned
+    assert all(a.startswith('["') for a in answers)  # the quickstart answers' JSON list, learned ...
+    assert not any(b.startswith('["') for b in base)  # ... where the base model writes something else
 
 
 @pytest.mark.slow
@@ -224,12 +282,12 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(_cuda(), reason="this machine has CUDA: serve=vllm is allowed here")
-def test_vllm_without_cuda_is_refused_before_anything_loads(trained_run, cache_dir):
-    result = hydratune("serve", f"hydra.run.dir={trained_run}", "serve=vllm", cache=cache_dir)
-    assert result.returncode == 2
-    assert "serve=vllm needs a CUDA GPU" in result.stderr and "Traceback" not in result.stderr
+def test_vllm_without_cuda_is_refused_when_the_config_is_composed(tmp_path):
+    """Refused right after composition, before the target is even looked at (an empty folder here), so before any
+    model loads; vLLM itself cannot be tested on a machine without CUDA."""
+    with pytest.raises(UserError, match="serve=vllm needs a CUDA GPU and torch sees none on this machine"):
+        serving.main([f"hydra.run.dir={tmp_path}", "serve=vllm"])
 
 
 def test_serve_refuses_a_folder_that_holds_no_model(tmp_path, cache_dir):

@@ -132,6 +132,29 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, cache_dir):
     assert "run 1 failed: train.learning_rate='oops'" in (sweep_dir / "summary.md").read_text()
 
 
+def test_summary_counts_the_base_evaluation_and_the_regression_probe_cache_apart(tmp_path):
+    """evaluation.cached logs one hit line per cached file: a run whose probe came from the cache but whose base
+    evaluation did not was counted as a base-evaluation hit, and the probe's own reuse was never counted."""
+    hit = "[trainer.evaluation][INFO] - base evaluation cache hit: {}-0123456789abcdef.json\n"
+    logs = {"0": "", "1": hit.format("regression"), "2": hit.format("base") + hit.format("regression")}
+    for name, log in logs.items():
+        run = tmp_path / name
+        run.mkdir()
+        (run / "status.json").write_text('{"status": "ok"}')
+        (run / "overrides.json").write_text(f'["seed={name}"]')
+        (run / "metrics.json").write_text('{"base": {}, "regression": {}, "finetuned": {"eval_loss": 1.0}}')
+        (run / "hydratune.log").write_text(log)
+    runs = sweeps.read_runs(tmp_path, "finetuned.eval_loss")
+    assert [(r.base_eval_cache, r.probe_cache) for r in runs] == [("miss", "miss"), ("miss", "hit"), ("hit", "hit")]
+    md = sweeps.write_summary(tmp_path, "finetuned.eval_loss", "minimize").read_text()
+    assert (
+        "base model evaluated 2 time(s), reused from the cache 1 time(s); regression probe asked of the base model "
+        "1 time(s), reused from the cache 2 time(s)." in md
+    )
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert [r["probe_cache"] for r in rows] == ["miss", "hit", "hit"]
+
+
 def test_an_unexpected_error_is_recorded_with_its_traceback(tmp_path):
     cfg = OmegaConf.create({"output_dir": str(tmp_path)})
 

@@ -1,7 +1,8 @@
 """AutoTrain Advanced config -> hydratune experiment: ``hydratune convert-autotrain PATH [--out FILE]``.
 
 Reads an AutoTrain YAML (task, base_model, project_name, log, backend, data, params, hub) and writes the equivalent
-experiment overlay. Parameters the file leaves out take AutoTrain's own defaults (its ``LLMTrainingParams``), so the
+experiment overlay: llm-sft and llm-generic train objective=sft, llm-dpo, llm-orpo and llm-reward train objective=dpo,
+orpo and reward on dataset=preference (AutoTrain's text_column is the chosen answer). Parameters the file leaves out take AutoTrain's own defaults (its ``LLMTrainingParams``), so the
 converted run trains the way AutoTrain would; every AutoTrain value is written out, so the file reads on its own.
 Anything that has no hydratune equivalent stops the conversion with one paragraph naming the key. The hub token is
 never written: pushing reads HF_TOKEN from the environment.
@@ -24,8 +25,10 @@ import yaml
 
 from trainer.errors import UserError, closest
 
-#: AutoTrain's LLM trainers (task llm-<trainer>, or task llm with params.trainer) that hydratune can run.
-TRAINERS = {"sft": "sft", "generic": "default", "default": "default"}
+#: AutoTrain's LLM trainers (task llm-<trainer>, or task llm with params.trainer) that hydratune can run, and the
+#: hydratune objective each trains.
+TRAINERS = {"sft": "sft", "generic": "sft", "default": "sft", "dpo": "dpo", "orpo": "orpo", "reward": "reward"}
+PREFERENCE = ("dpo", "orpo", "reward")
 #: AutoTrain's LLMTrainingParams defaults for the keys this converter maps.
 DEFAULTS: dict[str, Any] = {
     "block_size": -1, "model_max_length": 2048, "padding": "right", "add_eos_token": True, "trainer": None,
@@ -37,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "peft": False, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "unsloth": False,
     "distributed_backend": None, "text_column": "text", "prompt_text_column": None, "rejected_text_column": None,
     "push_to_hub": False, "username": None, "token": None, "log": None,
-    # preference settings (DPO / ORPO): llm-sft does not use them; accepted only at AutoTrain's defaults
+    # preference settings (DPO / ORPO)
     "model_ref": None, "dpo_beta": 0.1, "max_prompt_length": 128, "max_completion_length": None,
 }  # fmt: skip
 ALIASES = {"evaluation_strategy": "eval_strategy"}
@@ -82,14 +85,21 @@ def convert(spec: Any, source: str = "autotrain.yml") -> str:
     notes: list[str] = []
     _check_unmappable(p, spec, task, source)
     _numbers(p, source)
-    for key in PREFERENCE_ONLY:
-        if p[key] != DEFAULTS[key]:
-            notes.append(f"params.{key}={p[key]} is a DPO/ORPO setting: {task} ignores it, as AutoTrain does")
+    objective = TRAINERS[task.removeprefix("llm-")]
+    if objective == "sft":
+        for key in PREFERENCE_ONLY:
+            if p[key] != DEFAULTS[key]:
+                notes.append(f"params.{key}={p[key]} is a DPO/ORPO setting: {task} ignores it, as AutoTrain does")
+    else:
+        overrides["objective"] = objective
     out["seed"] = p["seed"]
     _model(spec, p, overrides, out, source)
-    _dataset(data, p, overrides, out, notes, source)
+    if objective == "sft":
+        _dataset(data, p, overrides, out, notes, source)
+    else:
+        _preference_dataset(data, p, objective, overrides, out, notes, source)
     _method(p, overrides, out, notes, source)
-    _train(p, out, notes, bool(data.get("valid_split")))
+    _train(p, out, notes, bool(data.get("valid_split")), objective)
     _hardware_and_logger(spec, p, overrides, out, source)
     _hub(p, name, out, notes)
     return _render(source, task, overrides, out, notes)
@@ -118,19 +128,12 @@ def _task(spec: dict, params: dict, source: str) -> str:
     if task == "llm":
         trainer = str(params.get("trainer") or "default")
         what = f"task=llm with params.trainer={trainer}"
-    if trainer in ("dpo", "orpo"):
-        raise UserError(
-            f"{source}: {what} trains on preference pairs. hydratune trains them (objective=dpo or objective=orpo "
-            "with dataset=preference: prompt, chosen and rejected columns), but this converter translates "
-            "supervised configs only. Write the experiment by hand: objective=dpo dataset=preference "
-            "dataset.path=<your data> and the trainer arguments under objective.args with TRL's names. "
-            "Use task: llm-sft to convert a supervised config."
-        )
     if trainer not in TRAINERS:
         raise UserError(
-            f"{source}: {what} cannot be converted. hydratune fine-tunes language models with supervised "
-            "fine-tuning: task llm-sft and llm-generic convert; llm-dpo and llm-orpo (write objective=dpo or orpo "
-            "by hand), llm-reward and the non-LLM tasks do not."
+            f"{source}: {what} cannot be converted. The language-model tasks llm-sft, llm-generic, llm-dpo, "
+            "llm-orpo and llm-reward convert (objective=sft, dpo, orpo, reward); the non-LLM tasks and llm-grpo "
+            "(AutoTrain's reward functions are Python code: write objective=grpo with objective.reward_funcs by "
+            "hand) do not."
         )
     task = f"llm-{trainer}" if task == "llm" else task
     for key in ("base_model", "data"):
@@ -143,7 +146,7 @@ def _task(spec: dict, params: dict, source: str) -> str:
 
 def _check_unmappable(p: dict, spec: dict, task: str, source: str) -> None:
     for key in ("prompt_text_column", "rejected_text_column"):
-        if p[key] is not None:
+        if p[key] is not None and TRAINERS[task.removeprefix("llm-")] == "sft":
             raise UserError(
                 f"{source}: {key}={p[key]} pairs prompts with rejected answers for DPO/ORPO; task={task} trains on "
                 "text_column only. Remove it from data.column_mapping and convert again."
@@ -168,6 +171,9 @@ def _check_unmappable(p: dict, spec: dict, task: str, source: str) -> None:
          "AutoTrain's precisions are fp16, bf16 and none"),
         (p["peft"] and p["quantization"] not in (None, "int4", "int8"), f"params.quantization={p['quantization']}",
          "AutoTrain quantizes to int4 or int8"),
+        (p["model_ref"] is not None and not p["peft"] and p["model_ref"] != spec.get("base_model"),
+         f"params.model_ref={p['model_ref']}", "hydratune's DPO reference model is the base model itself (a frozen "
+         "copy, or the model with its adapter off); remove model_ref"),
     ]  # fmt: skip
     for bad, what, why in checks:
         if bad:
@@ -279,6 +285,47 @@ def _dataset(data: dict, p: dict, overrides: dict, out: dict, notes: list[str], 
     out["dataset"] = dataset
 
 
+def _preference_dataset(
+    data: dict, p: dict, objective: str, overrides: dict, out: dict, notes: list[str], source: str
+) -> None:
+    """dataset=preference: AutoTrain's text_column is the chosen answer, rejected_text_column the rejected one,
+    prompt_text_column (DPO, ORPO) the prompt; without one, the shared beginning of chosen and rejected is."""
+    if p["rejected_text_column"] is None:
+        raise UserError(
+            f"{source}: llm-{objective} trains on pairs and data.column_mapping.rejected_text_column is missing: "
+            "name the column holding the rejected answer (text_column holds the chosen one)."
+        )
+    sft_overrides: dict[str, str] = {}
+    _dataset(data, p, sft_overrides, out, [], source)  # paths, splits, validation: as for llm-sft
+    overrides["dataset"] = "preference"
+    if "eval" in sft_overrides:
+        overrides["eval"] = sft_overrides["eval"]
+        notes.append(
+            "No valid_split: AutoTrain trains on every row and evaluates nothing, and so does this run. To hold out "
+            "10% and compare the base and tuned models on them (pair accuracy): dataset.validation_size=0.1 "
+            "eval=default"
+        )
+    dataset = out["dataset"]
+    dataset.pop("columns", None)
+    dataset.pop("train_on_all_tokens", None)
+    columns = {"chosen": str(p["text_column"]), "rejected": str(p["rejected_text_column"])}
+    if objective != "reward" and p["chat_template"] is None:  # plain texts: AutoTrain reads the prompt column
+        columns["prompt"] = str(p["prompt_text_column"] or "prompt")
+    else:
+        notes.append(
+            "The prompt is the conversation before the last answer, shared by chosen and rejected (AutoTrain's "
+            + ("reward trainer scores whole texts" if objective == "reward" else "chat template takes it from chosen")
+            + (
+                f"; prompt_text_column={p['prompt_text_column']} is not read, as AutoTrain does not)"
+                if p["prompt_text_column"]
+                else ")"
+            )
+        )
+    columns = {k: v for k, v in columns.items() if v != k}  # hydratune's defaults: prompt, chosen, rejected
+    if columns:
+        dataset["columns"] = columns
+
+
 def _split_file(folder: Path, split: str, source: str, key: str) -> str:
     for suffix in (".csv", ".jsonl"):
         if (folder / f"{split}{suffix}").is_file():
@@ -307,9 +354,12 @@ def _method(p: dict, overrides: dict, out: dict, notes: list[str], source: str) 
     out["method"] = method
 
 
-def _train(p: dict, out: dict, notes: list[str], validation: bool) -> None:
+def _train(p: dict, out: dict, notes: list[str], validation: bool, objective: str) -> None:
     block, limit = p["block_size"], p["model_max_length"]
     max_length = min(limit, 1024) if block in (-1, None) else min(block, limit)
+    lengths: dict[str, Any] = {"max_length": max_length, "packing": True}
+    if objective != "sft":
+        lengths = _preference_args(p, objective, max_length, notes)
     train: dict[str, Any] = {
         "num_train_epochs": p["epochs"],
         "per_device_train_batch_size": p["batch_size"],
@@ -322,8 +372,7 @@ def _train(p: dict, out: dict, notes: list[str], validation: bool) -> None:
         "weight_decay": p["weight_decay"],
         "max_grad_norm": p["max_grad_norm"],
         "activation_checkpointing": not p["disable_gradient_checkpointing"],
-        "max_length": max_length,
-        "packing": True,
+        **(lengths if objective == "sft" else {}),
         "save_total_limit": p["save_total_limit"],
     }
     if p["auto_find_batch_size"]:
@@ -339,6 +388,30 @@ def _train(p: dict, out: dict, notes: list[str], validation: bool) -> None:
     if validation and p["eval_strategy"] != "no":
         train.update(eval_strategy=p["eval_strategy"], save_strategy=p["eval_strategy"], load_best_model_at_end=True)
     out["train"] = train
+    if objective != "sft":
+        out["objective"] = {"args": lengths}
+
+
+def _preference_args(p: dict, objective: str, max_length: int, notes: list[str]) -> dict[str, Any]:
+    """objective.args for DPO, ORPO and reward (TRL's names): lengths, DPO's beta; AutoTrain's model_ref."""
+    args: dict[str, Any] = {"max_length": max_length}
+    if objective == "dpo":
+        args["beta"] = float(p["dpo_beta"])
+    elif p["dpo_beta"] != DEFAULTS["dpo_beta"]:
+        notes.append(f"params.dpo_beta={p['dpo_beta']} is a DPO setting: llm-{objective} ignores it, as AutoTrain does")
+    if objective == "orpo" and p["max_completion_length"] is not None:
+        args["max_completion_length"] = int(p["max_completion_length"])
+    cut = ["max_prompt_length"] + (["max_completion_length"] if objective == "dpo" else [])
+    for key in cut if objective != "reward" else []:
+        if p[key] is not None:
+            notes.append(
+                f"params.{key}={p[key]}: TRL's {objective.upper()}Config has no such limit; each pair is cut at "
+                f"objective.args.max_length={max_length} (block_size) instead"
+            )
+    if p["model_ref"] is not None and p["peft"]:
+        notes.append(f"params.model_ref={p['model_ref']} is unused with peft, as in AutoTrain (the reference is the "
+                     "model with its adapter off)")  # fmt: skip
+    return args
 
 
 def _hardware_and_logger(spec: dict, p: dict, overrides: dict, out: dict, source: str) -> None:

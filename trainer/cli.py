@@ -25,8 +25,9 @@ from trainer.errors import UserError
 #: Act on the provider job a cloud run dir recorded: `hydratune job-status hydra.run.dir=DIR`.
 JOB_COMMANDS = ("job-status", "job-attach", "job-cancel")
 #: Tools that write files instead of running: `hydratune convert-autotrain PATH [--out FILE]` (trainer/autotrain.py),
-#: `hydratune report DIR [DIR...]` (trainer/report_command.py).
-TOOL_COMMANDS = ("convert-autotrain", "report")
+#: `hydratune report DIR [DIR...]` (trainer/report_command.py), `hydratune record [OVERRIDES]` (a model's answers to
+#: the dataset's prompts as a chat JSONL dataset: launchers/cloud/record.py).
+TOOL_COMMANDS = ("convert-autotrain", "report", "record")
 #: Host a finished run: `hydratune serve|export hydra.run.dir=RUN` (trainer/serving.py, trainer/export.py).
 HOSTING_COMMANDS = ("serve", "export")
 COMMANDS = ("train", "prepare", "eval", *JOB_COMMANDS, *TOOL_COMMANDS, *HOSTING_COMMANDS)
@@ -190,12 +191,20 @@ def _tool(word: str, args: list[str]) -> None:
     import importlib
 
     module = importlib.import_module(
-        {"convert-autotrain": "trainer.autotrain", "report": "trainer.report_command"}[word]
+        {
+            "convert-autotrain": "trainer.autotrain",
+            "report": "trainer.report_command",
+            "record": "launchers.cloud.record",
+        }[word]
     )
     try:
         module.main(args)
     except UserError as exc:
         _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - record composes a config: composition errors become one paragraph
+        if not _is_composition_error(exc):
+            raise
+        _fail(explain_composition_error(exc))
 
 
 def _hosting(word: str, args: list[str]) -> None:

@@ -178,13 +178,15 @@ def base_sections(cfg, trainer, tokenizer, held_out, model_path, prepared, main:
         cfg.eval.cache_base and (main or file.exists()),
     )
     if cfg.eval.regression:
-        file = evaluation.base_cache_file(cfg, model_path, [], prepared.cache_key, "regression")
-        probe = evaluation.cached(
-            file,
-            lambda: regression.evaluate(trainer, tokenizer, cfg, "base"),
-            cfg.eval.cache_base and (main or file.exists()),
-        )
-        sections["regression"] = {"base": probe}
+        probe = regression.queries(cfg.eval.regression)  # in the key: an edited probe file is asked again
+        file = evaluation.base_cache_file(cfg, model_path, probe, prepared.cache_key, "regression")
+        sections["regression"] = {
+            "base": evaluation.cached(
+                file,
+                lambda: regression.evaluate(trainer, tokenizer, cfg, "base"),
+                cfg.eval.cache_base and (main or file.exists()),
+            )
+        }
     if cfg.eval.few_shot > 0:
         demos = evaluation.queries(prepared.examples.train, cfg.eval.few_shot)
         shots = [evaluation.with_demonstrations(q, demos) for q in queries]

@@ -60,6 +60,18 @@ def load(spec: str) -> list[dict]:
     return items
 
 
+def queries(spec: str) -> list:
+    """The probe as evaluation queries (the accepted answers as the reference): what is asked, and, in the base
+    model's cache key, what makes an edited probe file a new cache entry."""
+    from trainer import evaluation
+
+    return [
+        evaluation.Query([{"role": "system", "content": SYSTEM}, {"role": "user", "content": i["prompt"]}],
+                         " | ".join(i["answers"]))
+        for i in load(spec)
+    ]  # fmt: skip
+
+
 def correct(prediction: str, answers: list[str]) -> float:
     """1.0 when one accepted answer appears in the prediction as a whole-word sequence."""
     said = f" {normalize(prediction, strip_punctuation=True)} "
@@ -73,11 +85,7 @@ def evaluate(trainer, tokenizer, cfg, label: str) -> dict:
     from trainer import evaluation
 
     items = load(cfg.eval.regression)
-    queries = [
-        evaluation.Query([{"role": "system", "content": SYSTEM}, {"role": "user", "content": i["prompt"]}], "")
-        for i in items
-    ]
-    prompts = [evaluation.render(tokenizer, q) for q in queries]
+    prompts = [evaluation.render(tokenizer, q) for q in queries(cfg.eval.regression)]
     eval_cfg: Any = OmegaConf.create(OmegaConf.to_container(cfg.eval, resolve=True))
     eval_cfg.generation.max_new_tokens = min(MAX_NEW_TOKENS, cfg.eval.generation.max_new_tokens)
     started = time.perf_counter()

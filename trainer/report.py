@@ -271,10 +271,6 @@ def verdict(metrics: dict) -> str:
     return "No base-model evaluation to compare with (eval.compare_base=false or eval=none)."
 
 
-def ci(c: dict) -> str:
-    return f"{c['ci_low']:+.4f} to {c['ci_high']:+.4f}"
-
-
 def verdict_cell(c: dict) -> str:
     if c["verdict"] != "no significant difference":
         return c["verdict"]
@@ -302,7 +298,7 @@ def render_markdown(metrics: dict, title: str, plot: Path | None, examples: list
         ]
         lines += [
             f"| {heading(c['candidate'])} | {heading(c['reference'])} | {c['metric']} | {c['difference']:+.4f} | "
-            f"{ci(c)} | {c['test']} | {stats.format_p(c['p_value'])} | {verdict_cell(c)} |"
+            f"{stats.interval(c['ci_low'], c['ci_high'])} | {c['test']} | {stats.format_p(c['p_value'])} | {verdict_cell(c)} |"
             for c in comparisons
         ]
         lines.append("")

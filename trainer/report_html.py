@@ -16,6 +16,8 @@ from markupsafe import Markup, escape
 from trainer import report, stats
 
 _SHORT = {"base": "base", "few_shot": "few-shot", "finetuned": "tuned"}
+#: Prompts longer than this show their last PROMPT_CLIP characters until expanded (the whole text on hover).
+PROMPT_CLIP = 160
 
 
 def environment():
@@ -52,6 +54,7 @@ def run_page(metrics: dict, title: str, plot: Path | None, examples: list[dict])
             "candidate": report.heading(c["candidate"]),
             "reference": report.heading(c["reference"]),
             "p": stats.format_p(c["p_value"]),
+            "ci": stats.interval(c["ci_low"], c["ci_high"]),
             "verdict_text": report.verdict_cell(c),
             "verdict_class": verdict_class(c["verdict"]),
         }
@@ -88,6 +91,7 @@ def run_page(metrics: dict, title: str, plot: Path | None, examples: list[dict])
             plot=png_base64(plot),
             examples=examples,
             example_sections=example_sections,
+            clip=PROMPT_CLIP,
             other=other,
         )
     )

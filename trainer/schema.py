@@ -736,6 +736,42 @@ class ExportSchema:
     private: bool = True
 
 
+# ---------------------------------------------------------------- record (`hydratune record`)
+
+
+class RecordSplit(Choice):
+    all = "all"
+    train = "train"
+    validation = "validation"
+
+
+@dataclass
+class RecordSchema:
+    """`hydratune record`: the answers of a model behind an OpenAI-compatible chat API to the prompts of ``dataset``
+    (any format), written as a chat JSONL dataset (launchers/cloud/record.py)."""
+
+    #: The model asked: base_url, model, api_key_env (the variable holding its key), concurrency, max_retries,
+    #: timeout_s and usd_per_million_input_tokens / usd_per_million_output_tokens (for the estimate and the cap).
+    endpoint: EndpointSchema = field(default_factory=lambda: EndpointSchema(name="recorded"))
+    #: The chat JSONL file the answers go to, one row per prompt (required); a rerun keeps it and sends only what is
+    #: missing. Beside it, ``<out>.sent`` lists every prompt sent, so that no prompt is paid twice.
+    out: str | None = None
+    #: Which rows of the dataset are sent: all, train or validation (after dataset's own split).
+    split: RecordSplit = RecordSplit.all
+    #: Requests started per minute at most (null: only endpoint.concurrency limits the pace).
+    requests_per_minute: float | None = above(0, None)
+    #: Stop before the first request when the estimated cost at most (every answer max_tokens long) is above this
+    #: many USD, and stop sending once the answers' own usage reaches it; null: no cap (the estimate is printed).
+    max_usd: float | None = at_least(0, None)
+    #: max_tokens of each request.
+    max_tokens: int = at_least(1, 512)
+    #: Sampling temperature (0: greedy, the answers a fine-tune gives most often).
+    temperature: float = at_least(0, 0.0)
+    #: Send again the prompts that were in flight when an earlier run was killed. They may have been answered and
+    #: billed without the answer reaching this machine, so by default they are listed and not sent twice.
+    resend_in_flight: bool = False
+
+
 # ---------------------------------------------------------------- resume
 
 
@@ -780,6 +816,8 @@ class RootSchema:
     serve: ServeSchema = MISSING
     #: `hydratune export`: merged weights, GGUF, Hub.
     export: ExportSchema = field(default_factory=ExportSchema)
+    #: `hydratune record`: a model's answers to the dataset's prompts, as a chat JSONL dataset.
+    record: RecordSchema = field(default_factory=RecordSchema)
 
 
 SCHEMAS: dict[tuple[str | None, str], type] = {

@@ -57,7 +57,7 @@ class Comparison:
         cand, ref = names.get(self.candidate, self.candidate), names.get(self.reference, self.reference)
         head = (
             f"{cand} vs {ref} on {self.metric}: {self.reference_mean:.4f} -> {self.candidate_mean:.4f}, "
-            f"difference {self.difference:+.4f} (95% CI {self.ci_low:+.4f} to {self.ci_high:+.4f}; "
+            f"difference {self.difference:+.4f} (95% CI {interval(self.ci_low, self.ci_high)}; "
             f"{self.test} p {p_text(self.p_value)}; n = {self.n})"
         )
         if self.verdict != "no significant difference":
@@ -71,6 +71,11 @@ class Comparison:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def interval(low: float, high: float) -> str:
+    """A confidence interval as every report writes it: ``+0.1000 to +0.3000``."""
+    return f"{low:+.4f} to {high:+.4f}"
 
 
 def format_p(p: float) -> str:

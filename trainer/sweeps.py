@@ -20,6 +20,7 @@ import csv
 import json
 import logging
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,9 @@ SECTIONS = ("finetuned", "base", "few_shot")
 #: metrics.json numbers shown as columns (when present), after the objective.
 METRICS = ("eval_loss", "perplexity", "exact_match", "token_f1")
 BASE_EVAL_HIT = "base evaluation cache hit"
+#: evaluation.cached's log line names the cache file, whose name starts with what was cached: base, few_shot,
+#: regression (the general-ability probe on the base model).
+CACHE_HIT_FILE = re.compile(BASE_EVAL_HIT + r": (\w+)-[0-9a-f]{16}\.json")
 #: The runs of the last sweep that did not end ok (the CLI then exits non-zero, after every run has finished).
 FAILED: list[str] = []
 
@@ -52,6 +56,8 @@ class Run:
     #: "hit" / "miss" / "" (unknown: the run never got that far).
     dataset_cache: str = ""
     base_eval_cache: str = ""
+    #: The regression probe's base-model answers (eval.regression), cached apart from the base evaluation.
+    probe_cache: str = ""
 
 
 class SweepCallback(Callback):
@@ -132,10 +138,15 @@ def read_run(run_dir: Path, metric: str) -> Run:
     data = metrics.get("data") or _json(run_dir / "data_stats.json")  # the latter: `hydratune prepare` runs
     if "cache_hit" in data:
         run.dataset_cache = "hit" if data["cache_hit"] else "miss"
-    if "base" in metrics:
-        # evaluation.cached logs a hit; a run with a base section and no such line evaluated the base model.
+    if "base" in metrics or "regression" in metrics:
+        # evaluation.cached logs each hit with the file's name; a run with a base (or regression probe) section and
+        # no hit for it evaluated the base model (or asked it the probe).
         logs = "".join(p.read_text(errors="replace") for p in run_dir.glob("*.log"))
-        run.base_eval_cache = "hit" if BASE_EVAL_HIT in logs else "miss"
+        hits = set(CACHE_HIT_FILE.findall(logs))
+        if "base" in metrics:
+            run.base_eval_cache = "hit" if "base" in hits else "miss"
+        if "regression" in metrics:
+            run.probe_cache = "hit" if "regression" in hits else "miss"
     return run
 
 
@@ -171,7 +182,8 @@ def write_summary(sweep_dir: Path, metric: str, direction: str) -> Path:
     swept = swept_keys(runs)
     keys = swept + [k for k in dict.fromkeys(k for r in runs for k in r.overrides) if k not in swept]
     metric_cols = list(dict.fromkeys(m for r in runs for m in r.metrics))
-    header = ["run", *keys, "status", metric, *metric_cols, "seconds", "dataset_cache", "base_eval_cache", "error"]
+    caches = ["dataset_cache", "base_eval_cache"] + (["probe_cache"] if any(r.probe_cache for r in runs) else [])
+    header = ["run", *keys, "status", metric, *metric_cols, "seconds", *caches, "error"]
     rows = [
         [
             r.name,
@@ -180,8 +192,7 @@ def write_summary(sweep_dir: Path, metric: str, direction: str) -> Path:
             _num(r.objective),
             *(_num(r.metrics.get(m)) for m in metric_cols),
             _num(r.seconds),
-            r.dataset_cache,
-            r.base_eval_cache,
+            *(getattr(r, c) for c in caches),
             r.error,
         ]
         for r in runs
@@ -224,9 +235,15 @@ def render_markdown(runs, header, rows, metric, direction, plot: Path | None, fi
         lines += [f"**Best: run {best.name}** ({metric} = {_num(best.objective)}): `{settings}`", ""]
     tokenized, dataset_hits = cache_counts(runs, "dataset_cache")
     evaluated, base_hits = cache_counts(runs, "base_eval_cache")
+    asked, probe_hits = cache_counts(runs, "probe_cache")
+    probe = (
+        f"; regression probe asked of the base model {asked} time(s), reused from the cache {probe_hits} time(s)"
+        if asked + probe_hits
+        else ""
+    )
     lines += [
         f"Dataset tokenized {tokenized} time(s), reused from the cache {dataset_hits} time(s); base model "
-        f"evaluated {evaluated} time(s), reused from the cache {base_hits} time(s).",
+        f"evaluated {evaluated} time(s), reused from the cache {base_hits} time(s){probe}.",
         "",
         *([f"Every run: `{' '.join(f'{k}={v}' for k, v in fixed.items())}`", ""] if fixed else []),
         "| " + " | ".join(header) + " |",

@@ -341,6 +341,8 @@ def _preference(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
     def normalise(row: Any) -> dict:
         row = _object(row)
         _count_ignored(row, used, ignored)
+        if columns["prompt"] not in row and all(isinstance(row.get(columns[k]), str) for k in ("chosen", "rejected")):
+            return _split_texts(row[columns["chosen"]], row[columns["rejected"]], columns["prompt"])
         chosen = turns(row, "chosen", "assistant", True)
         rejected = turns(row, "rejected", "assistant", True)
         if columns["prompt"] in row:
@@ -359,6 +361,28 @@ def _preference(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
         return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
     return normalise
+
+
+def _split_texts(chosen: str, rejected: str, prompt_column: str) -> dict:
+    """Two whole texts with no prompt column (AutoTrain's reward data: ``human: hi \\n bot: hello`` against
+    ``human: hi \\n bot: go away``): their shared beginning, up to its last whitespace, is the prompt."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    while n > 0 and not chosen[n - 1].isspace():
+        n -= 1
+    if not chosen[:n].strip():
+        raise Invalid(f"no '{prompt_column}' field and the chosen and rejected texts share no beginning (the prompt)")
+    if chosen == rejected:
+        raise Invalid("chosen and rejected are identical")
+    prompt, answers = chosen[:n].rstrip(), (chosen[n:], rejected[n:])
+    if not all(a.strip() for a in answers):
+        raise Invalid("one answer is the beginning of the other: no answer is left after the shared prompt")
+    return {
+        "prompt": [{"role": "user", "content": prompt}],
+        "chosen": [{"role": "assistant", "content": answers[0]}],
+        "rejected": [{"role": "assistant", "content": answers[1]}],
+    }
 
 
 # ---------------------------------------------------------------- unpaired answers and prompts only
