@@ -212,15 +212,8 @@ def kill_after_first_checkpoint(objective: str, run_dir: Path, cache: Path) -> N
     assert not (run_dir / "metrics.json").exists(), "the run finished before it was killed"
 
 
-#: Known open bug, kept visible: a resumed distillation run ends at another loss (0.02513 against 0.02474 at step 6
-#: on the tiny model). strict: the test fails again the day resume reproduces the loss, so the mark is removed then.
-DISTILL_RESUME = pytest.mark.xfail(strict=True, reason="distillation does not yet resume to the same loss")
-
-
 def _resume_marks(objective: str) -> list:
-    if objective == "dpo":
-        return []
-    return [pytest.mark.slow, DISTILL_RESUME] if objective == "distill" else [pytest.mark.slow]
+    return [] if objective == "dpo" else [pytest.mark.slow]
 
 
 @pytest.mark.parametrize("objective", [pytest.param(o, marks=_resume_marks(o)) for o in RUNS])
@@ -233,3 +226,26 @@ def test_killed_run_resumes_to_the_same_final_loss(objective, runs_root, cache_d
     assert "resuming from" in (resumed / "hydratune.log").read_text()
     key = RECORDED_KEY.get(objective, "loss")
     assert losses(resumed, key)[6] == pytest.approx(losses(straight, key)[6], abs=0, rel=1e-6)
+
+
+def test_a_resumed_run_replays_the_shuffled_order_of_its_epoch():
+    # GRPO's and distillation's RepeatSampler shuffles with one generator advanced once per epoch: a sampler made
+    # afresh for a run resumed in epoch 2 must shuffle epoch 2 as the uninterrupted run did (trainer/epoch_order.py).
+    from trl.trainer.utils import RepeatSampler
+
+    from trainer.epoch_order import EpochReplay
+
+    def sampler():
+        return EpochReplay(RepeatSampler(range(16), mini_repeat_count=1, batch_size=8, seed=42))
+
+    straight = sampler()
+    epochs = []
+    for epoch in range(3):
+        straight.set_epoch(epoch)
+        epochs.append(list(straight))
+    assert epochs[0] != epochs[2]
+    resumed = sampler()
+    resumed.set_epoch(2)
+    assert list(resumed) == epochs[2]
+    trl_order = list(RepeatSampler(range(16), mini_repeat_count=1, batch_size=8, seed=42))
+    assert trl_order == epochs[0]  # an uninterrupted run's order is TRL's own

@@ -16,7 +16,7 @@ import pytest
 
 from tests.browser import launch, missing, open_page
 from tests.test_report import metrics
-from trainer import report, sweeps
+from trainer import report_files, sweeps
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_run_report_in_a_browser(browser, tmp_path):
     long_prompt = "system: " + "a shared system prompt. " * 40 + "user: recipe twenty-seven"
     for key in ("base", "finetuned"):
         gain[key]["per_example"]["prompt"][27] = long_prompt
-    report.write_report(tmp_path, gain, [{"step": 1, "loss": 2.0}], "gain")
+    report_files.write_report(tmp_path, gain, [{"step": 1, "loss": 2.0}], "gain")
     page = open_page(browser, tmp_path / "report.html")
     assert page.problems == []
     verdict = page.locator("#verdict")

@@ -171,6 +171,10 @@ def trainer_class(obj: DictConfig) -> type:
         log.warning(
             "objective=%s uses %s from trl.experimental: its API may change between TRL releases", obj.name, obj.trainer
         )
+    if obj.data == "prompts":  # GRPO, distillation: TRL's RepeatSampler, whose order a resumed run must replay
+        from trainer.epoch_order import resumable
+
+        return resumable(_import(obj.trainer))
     return _import(obj.trainer)
 
 

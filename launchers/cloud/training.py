@@ -198,6 +198,6 @@ def evaluate_all(
 
 
 def write_report(run_dir: Path, metrics: dict, history: list[dict], title: str) -> None:
-    from trainer.report import write_report as write
+    from trainer.report_files import write_report as write
 
     write(run_dir, metrics, history, title)
