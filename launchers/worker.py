@@ -59,9 +59,11 @@ def setup_logging(run_dir: Path, rank: int) -> None:
 
 
 def run(run_dir: Path, rank: int) -> None:
-    from launchers.local import pick_device, set_threads
+    from launchers.local import pick_device, set_threads, skip_deepspeed_probe
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
+    if not OmegaConf.select(cfg, "train.deepspeed"):  # the parent sets it for every DeepSpeed run
+        skip_deepspeed_probe()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_world = int(
         os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or world

@@ -53,3 +53,11 @@ def compose_checked(*overrides: str):
         if not isinstance(exc, HydraException | OmegaConfBaseException):
             raise
         raise UserError(explain_composition_error(exc)) from None
+
+
+def interruptible() -> None:
+    """preexec_fn for a child that a test sends Ctrl-C (SIGINT): a shell running pytest in the background (`pytest &`,
+    nohup) ignores SIGINT, children inherit that, and Python then never raises KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.fake_provider import FakeProvider, files_containing, write_chat_dataset
-from tests.helpers import REPO
+from tests.helpers import REPO, interruptible
 
 pytestmark = pytest.mark.slow  # runs a training job (tiny model) or several processes
 
@@ -52,7 +52,14 @@ def args(tmp_path: Path, fake: FakeProvider, *extra: str) -> list[str]:
 
 def hydratune(argv: list[str], env: dict, log: Path | None = None) -> subprocess.Popen:
     out = open(log or os.devnull, "ab")  # noqa: SIM115 - closed by the child's exit
-    return subprocess.Popen([sys.executable, "-m", "trainer.cli", *argv], env=env, cwd=REPO, stdout=out, stderr=out)
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainer.cli", *argv],
+        env=env,
+        cwd=REPO,
+        stdout=out,
+        stderr=out,
+        preexec_fn=interruptible,
+    )
 
 
 def finish(argv: list[str], env: dict) -> subprocess.CompletedProcess:

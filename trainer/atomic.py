@@ -58,6 +58,8 @@ def explain_io_error(exc: BaseException, where: Path | str) -> UserError | None:
     run dir), or None when ``exc`` is something else. ``where`` is the run dir (used when the error names no file)."""
     if isinstance(exc, UserError):
         return None
+    if isinstance(exc, ValueError) and str(exc).startswith("Unable to configure handler") and exc.__cause__:
+        return explain_io_error(exc.__cause__, where)  # Hydra opening hydratune.log in the run dir
     if isinstance(exc, FileExistsError | NotADirectoryError):
         return UserError(
             f"{exc.filename or where} is in the way: a file stands where hydratune needs a folder (the run dir or one "

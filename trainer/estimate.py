@@ -299,6 +299,7 @@ def measured(estimate: Estimate, history: list[dict]) -> dict:
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak = peak_rss_bytes()
     train: dict = next((h for h in reversed(history) if "train_runtime" in h), {})
     steps = train.get("step") or 0
     return {
@@ -315,10 +316,25 @@ def measured(estimate: Estimate, history: list[dict]) -> dict:
             "total_s": process_age(),
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
             "cpu_per_thread_s": round((usage.ru_utime + usage.ru_stime) / estimate.threads, 1),
-            "peak_memory_gb": round(usage.ru_maxrss * 1024 / 1e9, 2),
+            "peak_memory_gb": round(peak / 1e9, 2),
         },
         "source": estimate.throughput_source,
     }
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process's own address space: Linux's VmHWM. ru_maxrss is not that: a child
+    started by vfork/exec inherits its parent's peak (a 2 GB pytest or sweep process makes every run it starts
+    look 2 GB big), so it is only the fallback where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def process_age() -> float | None:
