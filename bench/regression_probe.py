@@ -29,7 +29,7 @@ def main() -> None:
     from omegaconf import OmegaConf
     from peft import PeftModel
 
-    from trainer import models, regression, report
+    from trainer import models, regression, report_command
 
     started = time.perf_counter()
     cfg = OmegaConf.load(args.run_dir / "config.yaml")
@@ -67,7 +67,7 @@ def main() -> None:
         metrics = json.loads(metrics_file.read_text())
         metrics["regression"] = section
         metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
-        print(report.rebuild(args.run_dir))
+        print(report_command.rebuild(args.run_dir))
 
 
 if __name__ == "__main__":
