@@ -2,7 +2,7 @@
 extra), never a browser that Playwright downloads. The browser test (tests/test_report_browser.py) uses it, and so
 does the committed screenshot of the quickstart run's report:
 
-    python -m tests.browser outputs/quickstart-lora/DATE/report.html examples/quickstart/report.png
+    python -m tests.browser outputs/quickstart-lora/DATE/report.html examples/quickstart/report.png [HEIGHT]
 """
 
 from __future__ import annotations
@@ -49,15 +49,17 @@ def open_page(browser, path: Path):
     return page
 
 
-def screenshot(html: Path, out: Path) -> list[str]:
-    """A full-page screenshot of ``html`` into ``out``; the page's problems (console errors, network requests)."""
+def screenshot(html: Path, out: Path, height: int | None = None) -> list[str]:
+    """A screenshot of ``html`` into ``out`` (the whole page, or its top ``height`` pixels); the page's problems
+    (console errors, network requests)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = launch(p)
         try:
             page = open_page(browser, html)
-            page.screenshot(path=str(out), full_page=True)
+            clip = {"x": 0, "y": 0, "width": 1280, "height": height} if height else None
+            page.screenshot(path=str(out), full_page=True, clip=clip)
             return page.problems
         finally:
             browser.close()
@@ -67,6 +69,6 @@ if __name__ == "__main__":
     reason = missing()
     if reason:
         sys.exit(reason)
-    problems = screenshot(Path(sys.argv[1]), Path(sys.argv[2]))
+    problems = screenshot(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None)
     print("\n".join(problems) or f"{sys.argv[2]}: no console errors, no network requests")
     sys.exit(1 if problems else 0)
