@@ -3,6 +3,7 @@
     python .ci/deps.py missing   # exit 1 (and list them) when a requirement is not installed or breaks a pin
     python .ci/deps.py check     # exit 1 when an installed package differs from its pin (unpinned ones: a warning)
     python .ci/deps.py lock      # rewrite constraints.txt from this environment (after a deliberate upgrade)
+    python .ci/deps.py install-spec  # print what .ci/setup installs: ".[extra,...]" (EXTRAS below, the one list)
 
 Only the standard library and `packaging` (pip carries a copy) are used, so it runs before the
 project is installed. The requirement closure starts from pyproject.toml (dependencies and EXTRAS), plus torch and
@@ -129,6 +130,9 @@ def main(argv: list[str]) -> int:
     command = argv[0] if argv else "check"
     if command == "lock":
         lock()
+        return 0
+    if command == "install-spec":  # what .ci/setup installs: the project with every extra
+        print(f".[{','.join(EXTRAS)}]")
         return 0
     problems = missing() if command == "missing" else check()
     for line in problems:

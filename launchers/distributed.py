@@ -177,7 +177,7 @@ def print_dry_run(cmd: list[str], env: dict[str, str], ds: dict | None, sharding
 
 def prepare_once(cfg: DictConfig, run_dir: Path, node: int) -> None:
     """Resolved config into the run dir, model files and tokenized dataset into the cache, before any worker."""
-    from trainer import data, models
+    from trainer import data, models, objectives
 
     if not cfg.dataset.use_cache:
         log.warning("dataset.use_cache=false: the workers still read the dataset the parent prepares from the cache")
@@ -191,6 +191,11 @@ def prepare_once(cfg: DictConfig, run_dir: Path, node: int) -> None:
         tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(rundir.redacted(OmegaConf.to_container(cfg, resolve=True)))))
         tmp.replace(run_dir / "config.yaml")
     path = models.resolve_path(cfg.model, cfg.cache_dir)
+    if "teacher" in cfg.objective:  # the distillation teacher too: ranks converting it at once collide in the cache
+        models.resolve_path(cfg.objective.teacher, cfg.cache_dir)
     tokenizer, _ = models.load_tokenizer(cfg.model, path)
+    if cfg.objective.data != "supervised":  # TRL tokenizes the objective's rows in each worker; checked here once
+        objectives.prepare(cfg, tokenizer, None)
+        return
     key = data.prepare_once(cfg, tokenizer)
     log.info("dataset prepared once (cache key %s); workers load it from %s", key, cfg.cache_dir)

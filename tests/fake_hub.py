@@ -12,42 +12,30 @@ from __future__ import annotations
 import base64
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.fake_http import FakeServer
 
-class FakeHub:
+
+class FakeHub(FakeServer):
     def __init__(self, token: str) -> None:
+        super().__init__()
         self.token = token
         self.repos: dict[str, dict[str, bytes]] = {}
         self.private: dict[str, bool] = {}
         #: Requests that came without the expected token: (method, path, Authorization header or None).
         self.unauthorized: list[tuple[str, str, str | None]] = []
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+    def handle(self, method: str, raw_path: str, headers: Any, body: bytes) -> tuple[int, dict, dict[str, str]]:
+        if method == "GET":  # huggingface_hub's own look-ups (e.g. /api/agent-harnesses): not part of an upload
+            return 404, {"error": f"{raw_path} is not faked"}, {}
+        if headers.get("Authorization") != f"Bearer {self.token}":
+            self.unauthorized.append((method, raw_path, headers.get("Authorization")))
+            return 401, {"error": "Invalid credentials in Authorization header"}, {}
+        status, answer = self._answer(method, raw_path.split("?", 1)[0], body)
+        return status, answer, {}
 
-    def __enter__(self) -> FakeHub:
-        hub = self
-
-        class Handler(_Handler):
-            fake = hub
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def handle(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    def _answer(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
         if method != "POST":
             return 404, {"error": f"{method} {path} is not faked"}
         if path == "/api/repos/create":
@@ -74,32 +62,3 @@ class FakeHub:
             "commitOid": "0123abcd",
             "success": True,
         }
-
-
-class _Handler(BaseHTTPRequestHandler):
-    fake: FakeHub
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        self._serve("POST")
-
-    def do_GET(self) -> None:  # noqa: N802
-        self._serve("GET")
-
-    def _serve(self, method: str) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if method == "GET":  # huggingface_hub's own look-ups (e.g. /api/agent-harnesses): not part of an upload
-            status, answer = 404, {"error": f"{self.path} is not faked"}
-        elif self.headers.get("Authorization") != f"Bearer {self.fake.token}":
-            self.fake.unauthorized.append((method, self.path, self.headers.get("Authorization")))
-            status, answer = 401, {"error": "Invalid credentials in Authorization header"}
-        else:
-            status, answer = self.fake.handle(method, self.path.split("?", 1)[0], body)
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass

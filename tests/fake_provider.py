@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 import uuid
-from collections import Counter, defaultdict, deque
+from collections import Counter
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fake_http import FakeServer, HttpError, public
+
+__all__ = ["ALL_ROUTES", "BASE_ANSWER", "FakeProvider", "HttpError", "files_containing", "write_chat_dataset"]
 
 ROUTES: list[tuple[str, str, str]] = [
     ("POST", r"/files", "files.create"),
@@ -45,20 +47,10 @@ ALL_ROUTES = sorted({r for _, _, r in ROUTES} | {r for _, r in MGMT_ROUTES})
 BASE_ANSWER = "I am not sure."
 
 
-class HttpError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.param, self.headers = status, code, param, headers or {}
+class FakeProvider(FakeServer):
+    ROUTES = ROUTES
+    ALL_ROUTES = ALL_ROUTES
 
-
-class FakeProvider:
     def __init__(
         self,
         api_key: str = "sk-fake-key",
@@ -71,6 +63,7 @@ class FakeProvider:
         deployment_polls: int = 2,
         create_delay_s: float = 0.0,
     ) -> None:
+        super().__init__()
         self.api_key, self.management_token = api_key, management_token
         self.file_polls, self.polls_per_state, self.steps = file_polls, polls_per_state, steps
         #: {"code", "message", "param"} makes every job fail after validating its files.
@@ -97,62 +90,11 @@ class FakeProvider:
         self.files: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
         self.deployments: dict[str, dict[str, Any]] = {}
-        self.counters: Counter[str] = Counter()
-        self.requests: list[tuple[str, str, int]] = []
         self.job_requests: list[dict[str, Any]] = []
-        self._inject: dict[str, deque] = defaultdict(deque)
-        self._lock = threading.RLock()
-        self._clock = 1_700_000_000
-        self._server: ThreadingHTTPServer | None = None
-
-    # ------------------------------------------------------------ control
-
-    def start(self) -> FakeProvider:
-        fake = self
-
-        class Handler(_Handler):
-            provider = fake
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def __enter__(self) -> FakeProvider:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
 
     @property
     def openai_url(self) -> str:
         return self.url + "/v1"
-
-    def inject(self, route: str, *statuses: int, retry_after: str | None = "0.01") -> None:
-        """The next requests to ``route`` are answered with these statuses (429s carry Retry-After)."""
-        if route not in ALL_ROUTES:
-            raise ValueError(f"unknown route {route}; routes: {ALL_ROUTES}")
-        with self._lock:
-            self._inject[route].extend((s, retry_after) for s in statuses)
-
-    def pending_injections(self) -> dict[str, int]:
-        with self._lock:
-            return {r: len(q) for r, q in self._inject.items() if q}
-
-    def now(self) -> int:
-        with self._lock:
-            self._clock += 1
-            return self._clock
 
     # ------------------------------------------------------------ dispatch
 
@@ -173,28 +115,7 @@ class FakeProvider:
             path = path[3:] if path.startswith("/v1/") else path
             if headers.get("Authorization") != f"Bearer {self.api_key}":
                 raise HttpError(401, "Incorrect API key provided.", "invalid_api_key")
-        for verb, pattern, route in ROUTES:
-            match = re.fullmatch(pattern, path)
-            if verb == method and match:
-                self._maybe_inject(route)
-                return (
-                    200,
-                    getattr(self, "_" + route.replace(".", "_"))(
-                        azure=azure, query=query, body=body, headers=headers, **match.groupdict()
-                    ),
-                    {},
-                )
-        raise HttpError(404, f"Unknown path {method} {path}", "not_found")
-
-    def _maybe_inject(self, route: str) -> None:
-        with self._lock:
-            queue = self._inject[route]
-            if not queue:
-                return
-            status, retry_after = queue.popleft()
-            self.counters[f"injected.{route}"] += 1
-        extra = {"Retry-After": retry_after} if retry_after is not None and status == 429 else {}
-        raise HttpError(status, "Injected failure" if status != 429 else "Rate limit reached", "injected", None, extra)
+        return 200, self.dispatch(method, path, azure=azure, query=query, body=body, headers=headers), {}
 
     # ------------------------------------------------------------ files
 
@@ -225,7 +146,7 @@ class FakeProvider:
             if self.upload_500_after_commit > 0:
                 self.upload_500_after_commit -= 1
                 raise HttpError(500, "The server had an error while processing your request.", "server_error")
-            return _public(self.files[file_id])
+            return public(self.files[file_id])
 
     def _files_list(self, query: dict, **_: Any) -> dict:
         with self._lock:
@@ -241,7 +162,7 @@ class FakeProvider:
                 raise HttpError(404, f"No such File object: {id}", "not_found", "id")
             f["_polls"] += 1
             f["status"] = "processed" if f["_polls"] > self.file_polls else "pending"
-            return _public(f)
+            return public(f)
 
     # ------------------------------------------------------------ jobs
 
@@ -283,7 +204,7 @@ class FakeProvider:
             }
             self.counters["jobs_created"] += 1
             self._event(self.jobs[job_id], "info", f"Created fine-tuning job: {job_id}")
-            result = _public(self.jobs[job_id])
+            result = public(self.jobs[job_id])
             fail_now = self.create_500_after_commit > 0
             self.create_500_after_commit -= 1 if fail_now else 0
         if self.create_delay_s:
@@ -300,13 +221,13 @@ class FakeProvider:
 
     def _jobs_list(self, query: dict, **_: Any) -> dict:
         with self._lock:
-            return _page([_public(j) for j in reversed(self.jobs.values())], query)
+            return _page([public(j) for j in reversed(self.jobs.values())], query)
 
     def _jobs_retrieve(self, id: str, **_: Any) -> dict:  # noqa: A002
         with self._lock:
             job = self._job(id)
             self._advance(job)
-            return _public(job)
+            return public(job)
 
     def _jobs_cancel(self, id: str, **_: Any) -> dict:  # noqa: A002
         with self._lock:
@@ -317,7 +238,7 @@ class FakeProvider:
             job["finished_at"] = self.now()
             self.counters["cancels"] += 1
             self._event(job, "info", "Fine-tuning job cancelled")
-            return _public(job)
+            return public(job)
 
     def _jobs_events(self, id: str, query: dict, **_: Any) -> dict:  # noqa: A002
         with self._lock:
@@ -463,7 +384,7 @@ class FakeProvider:
         route = dict((m, r) for m, r in MGMT_ROUTES).get(method)
         if route is None:
             raise HttpError(405, "Method not allowed", "MethodNotAllowed")
-        self._maybe_inject(route)
+        self.maybe_inject(route)
         name = match["name"]
         with self._lock:
             if method == "PUT":
@@ -504,48 +425,14 @@ class FakeProvider:
         }
 
 
-def _public(obj: dict) -> dict:
-    return {k: v for k, v in obj.items() if not k.startswith("_")}
-
-
 def _page(items: list[dict], query: dict) -> dict:
     """Newest-first cursor pagination like the real API: ``after`` is the id of the last item already seen."""
-    items = [_public(i) for i in items]
+    items = [public(i) for i in items]
     if query.get("after"):
         ids = [i["id"] for i in items]
         items = items[ids.index(query["after"]) + 1 :] if query["after"] in ids else []
     limit = int(query.get("limit", 20))
     return {"object": "list", "data": items[:limit], "has_more": len(items) > limit}
-
-
-class _Handler(BaseHTTPRequestHandler):
-    provider: FakeProvider
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # one small answer must not wait for a delayed ACK (40 ms a request)
-    wbufsize = -1  # headers and body leave in one write; flushed after each request
-
-    def _serve(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            status, payload, extra = self.provider.handle(self.command, self.path, self.headers, body)
-        except HttpError as exc:
-            status, extra = exc.status, exc.headers
-            payload = {"error": {"message": str(exc), "type": "fake_error", "param": exc.param, "code": exc.code}}
-        with self.provider._lock:
-            self.provider.requests.append((self.command, urlsplit(self.path).path, status))
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in extra.items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = do_DELETE = _serve
-
-    def log_message(self, *args: Any) -> None:  # quiet
-        return
 
 
 # ------------------------------------------------------------ helpers for the tests

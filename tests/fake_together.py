@@ -19,22 +19,18 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import tarfile
 import tempfile
-import threading
 import time
 import uuid
-from collections import Counter, defaultdict, deque
 from datetime import datetime, timezone
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fake_provider import HttpError
+from tests.fake_http import FakeServer, HttpError, Raw, public
 
 ROUTES: list[tuple[str, str, str]] = [
     ("POST", r"/v1/files", "files.create"),
@@ -61,17 +57,14 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
 
 
-class Raw:
-    """A non-JSON answer: bytes with a content type, or a redirect (status and headers only)."""
+class FakeTogether(FakeServer):
+    ROUTES = ROUTES
+    ALL_ROUTES = ALL_ROUTES
 
-    def __init__(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.status, self.body, self.headers = status, body, headers or {}
-
-
-class FakeTogether:
     def __init__(
         self, api_key: str = "tg-fake-key", *, polls_per_state: int = 1, steps: int = 4, fail: str | None = None
     ) -> None:
+        super().__init__()
         self.api_key, self.polls_per_state, self.steps = api_key, polls_per_state, steps
         #: A message makes every job end in status "error" with this message in its events.
         self.fail = fail
@@ -81,57 +74,7 @@ class FakeTogether:
         self.create_500_after_commit = 0
         self.files: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
-        self.counters: Counter[str] = Counter()
-        self.requests: list[tuple[str, str, int, dict[str, str]]] = []
         self.job_requests: list[dict[str, Any]] = []
-        self._inject: dict[str, deque] = defaultdict(deque)
-        self._lock = threading.RLock()
-        self._clock = 1_700_000_000.0
-        self._server: ThreadingHTTPServer | None = None
-
-    # ------------------------------------------------------------ control
-
-    def start(self) -> FakeTogether:
-        fake = self
-
-        class Handler(_Handler):
-            provider = fake
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def __enter__(self) -> FakeTogether:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def inject(self, route: str, *statuses: int, retry_after: str | None = "0.01") -> None:
-        if route not in ALL_ROUTES:
-            raise ValueError(f"unknown route {route}; routes: {ALL_ROUTES}")
-        with self._lock:
-            self._inject[route].extend((s, retry_after) for s in statuses)
-
-    def pending_injections(self) -> dict[str, int]:
-        with self._lock:
-            return {r: len(q) for r, q in self._inject.items() if q}
-
-    def now(self) -> float:
-        with self._lock:
-            self._clock += 1
-            return self._clock
 
     # ------------------------------------------------------------ dispatch
 
@@ -140,23 +83,14 @@ class FakeTogether:
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         if not parts.path.startswith("/upload/") and headers.get("Authorization") != f"Bearer {self.api_key}":
             raise HttpError(401, "Invalid API key provided.", "invalid_api_key")
-        for verb, pattern, route in ROUTES:
-            match = re.fullmatch(pattern, parts.path)
-            if verb == method and match:
-                self._maybe_inject(route)
-                handler = getattr(self, "_" + route.replace(".", "_").replace("-", "_"))
-                return 200, handler(query=query, body=body, headers=headers, **match.groupdict()), {}
-        raise HttpError(404, f"Unknown path {method} {parts.path}", "not_found")
+        return 200, self.dispatch(method, parts.path, query=query, body=body, headers=headers), {}
 
-    def _maybe_inject(self, route: str) -> None:
-        with self._lock:
-            queue = self._inject[route]
-            if not queue:
-                return
-            status, retry_after = queue.popleft()
-            self.counters[f"injected.{route}"] += 1
-        extra = {"Retry-After": retry_after} if retry_after is not None and status == 429 else {}
-        raise HttpError(status, "Injected failure" if status != 429 else "Rate limit reached", "injected", None, extra)
+    def error_body(self, exc: HttpError) -> tuple[dict, dict[str, str]]:
+        """Together's 409 for a file it already holds names that file (the SDK reads ``file_id``)."""
+        body, headers = super().error_body(exc)
+        if exc.status == 409 and "X-Conflict" in headers:
+            body["file_id"] = headers.pop("X-Conflict")
+        return body, headers
 
     # ------------------------------------------------------------ files
 
@@ -199,7 +133,7 @@ class FakeTogether:
         with self._lock:
             f = self._file(id)
             f["processing_status"] = "PENDING"
-            return _public(f)
+            return public(f)
 
     def _file(self, file_id: str) -> dict:
         f = self.files.get(file_id)
@@ -209,14 +143,14 @@ class FakeTogether:
 
     def _files_list(self, **_: Any) -> dict:
         with self._lock:
-            return {"data": [_public(f) for f in self.files.values() if f["processing_status"] is not None]}
+            return {"data": [public(f) for f in self.files.values() if f["processing_status"] is not None]}
 
     def _files_retrieve(self, id: str, **_: Any) -> dict:  # noqa: A002
         with self._lock:
             f = self._file(id)
             f["_polls"] += 1
             f["processing_status"] = "COMPLETED" if f["_polls"] > 1 else "RUNNING"
-            return _public(f)
+            return public(f)
 
     # ------------------------------------------------------------ jobs
 
@@ -277,7 +211,7 @@ class FakeTogether:
             self.counters["jobs_created"] += 1
             job = self.jobs[job_id]
             self._event(job, "job_pending", "Fine-tune request created")
-            result = _public(job)
+            result = public(job)
             fail_now = self.create_500_after_commit > 0
             self.create_500_after_commit -= 1 if fail_now else 0
         if self.create_delay_s:
@@ -294,13 +228,13 @@ class FakeTogether:
 
     def _fine_tunes_list(self, **_: Any) -> dict:
         with self._lock:
-            return {"data": [_public(j) for j in self.jobs.values()]}
+            return {"data": [public(j) for j in self.jobs.values()]}
 
     def _fine_tunes_retrieve(self, id: str, **_: Any) -> dict:  # noqa: A002
         with self._lock:
             job = self._job(id)
             self._advance(job)
-            return _public(job)
+            return public(job)
 
     def _fine_tunes_cancel(self, id: str, **_: Any) -> dict:  # noqa: A002
         with self._lock:
@@ -310,7 +244,7 @@ class FakeTogether:
             job["status"] = "cancelled"
             self.counters["cancels"] += 1
             self._event(job, "cancel_requested", "Job cancelled by the user")
-            return _public(job)
+            return public(job)
 
     def _fine_tunes_events(self, id: str, **_: Any) -> dict:  # noqa: A002
         with self._lock:
@@ -418,43 +352,3 @@ def trained_weights(model_name: str, adapter: bool, rank: int = 8) -> bytes:
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             tar.add(out, arcname="output")
     return zstandard.ZstdCompressor().compress(buffer.getvalue())
-
-
-def _public(obj: dict) -> dict:
-    return {k: v for k, v in obj.items() if not k.startswith("_")}
-
-
-class _Handler(BaseHTTPRequestHandler):
-    provider: FakeTogether
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    wbufsize = -1
-
-    def _serve(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            status, payload, extra = self.provider.handle(self.command, self.path, self.headers, body)
-        except HttpError as exc:
-            status, extra = exc.status, dict(exc.headers)
-            payload = {"error": {"message": str(exc), "type": "fake_error", "param": exc.param, "code": exc.code}}
-            if status == 409 and "X-Conflict" in extra:
-                payload["file_id"] = extra.pop("X-Conflict")
-        headers = {k: str(v) for k, v in dict(self.headers).items()}
-        with self.provider._lock:
-            self.provider.requests.append((self.command, urlsplit(self.path).path, status, headers))
-        if isinstance(payload, Raw):
-            status, data, extra = payload.status, payload.body, {**extra, **payload.headers}
-        else:
-            data = json.dumps(payload).encode()
-            extra = {"Content-Type": "application/json", **extra}
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in extra.items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _serve
-
-    def log_message(self, *args: Any) -> None:  # quiet
-        return

@@ -48,6 +48,20 @@ def test_impossible_combinations(overrides, message):
         check(compose_checked("hardware=openai", "model=gpt_4o_mini", *overrides))
 
 
+@pytest.mark.parametrize(
+    ("hardware", "own", "foreign"),
+    [
+        (["hardware=openai", "model=gpt_4o_mini"], "learning_rate_multiplier", "lora_r"),
+        (["hardware=azure_openai", "model=gpt_4o_mini"], "learning_rate_multiplier", "lora_r"),
+        (["hardware=together", "model=together_llama3_1_8b_instruct"], "hardware.lora=true, with lora_r", "multiplier"),
+    ],
+)
+def test_local_only_methods_are_refused_naming_the_providers_own_keys(hardware, own, foreign):
+    with pytest.raises(UserError, match="method=qlora is a local-only choice") as refused:
+        check(compose(*hardware, "method=qlora"))
+    assert own in str(refused.value) and foreign not in str(refused.value)
+
+
 def test_provider_model_on_local_hardware():
     with pytest.raises(UserError, match="provider model"):
         check(compose("hardware=cpu", "model=gpt_4o_mini"))

@@ -89,6 +89,16 @@ def test_openai_end_to_end(fake, tmp_path, capsys, caplog):
     assert metrics["lifecycle"]["days_to_training_close"] == 36  # HYDRATUNE_TODAY=2026-12-01 (tests/conftest.py)
     assert "2027-01-06 (36 days left)" in (run_dir / "report.md").read_text()
     assert (run_dir / "loss_curve.png").is_file()
+    # break-even: the tokens the provider billed (the fake reports 1,234) x the training price, against 3-shot
+    # prompts whose tokens are scaled from the zero-shot prompts' tokens per character
+    even = metrics["break_even"]
+    assert metrics["job"]["trained_tokens"] == 1234
+    assert even["training"]["usd"] == pytest.approx(1234 / 1e6 * metrics["cost"]["usd_per_million"])
+    assert "1,234 training tokens (billed by the provider)" in even["training"]["how"]
+    few, tuned = even["per_1000_queries"]["few_shot"], even["per_1000_queries"]["finetuned"]
+    assert even["shots"] == 3 and few["prompt_tokens"] > 2 * tuned["prompt_tokens"]
+    assert "tokens per character" in even["few_shot_tokens"] and even["break_even_queries"] > 0
+    assert "## Cost and break-even" in (run_dir / "report.md").read_text()
     (request,) = fake.job_requests
     assert request["method"] == {
         "type": "supervised",
@@ -227,6 +237,10 @@ def test_few_shot_column_and_dpo_objective(fake, tmp_path, monkeypatch):
     cloud.run(cfg, "train")
     metrics = json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
     assert metrics["few_shot"]["prompt_tokens_per_query"] > metrics["base"]["prompt_tokens_per_query"]
+    few = metrics["break_even"]["per_1000_queries"]["few_shot"]  # the 2-shot prompts as the provider counted them
+    assert (
+        few["prompt_tokens"] == metrics["few_shot"]["prompt_tokens_per_query"] and metrics["break_even"]["shots"] == 2
+    )
 
     pref = {
         "prompt": [{"role": "user", "content": "Recipe 1: 2 cups flour, 1 eggs, a pinch of salt"}],

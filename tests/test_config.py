@@ -142,20 +142,22 @@ def test_cli_errors_are_one_paragraph_without_traceback(args, expected, tmp_path
     assert result.stderr.startswith("hydratune: error: ")
 
 
-def test_help_and_cfg_do_not_import_torch(tmp_path):
+def test_help_cfg_and_config_mistakes_do_not_import_torch(tmp_path):
+    """--help, --cfg and a config mistake found by the checks (one that composes) answer without torch/transformers."""
     import subprocess
     import sys
 
     code = (
-        "import sys; sys.argv=['hydratune', '--cfg', 'job']; from trainer import cli\n"
-        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
-        "sys.argv=['hydratune', '--help']\n"
-        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\nprint('OK')"
+        "import sys; from trainer import cli\n"
+        f"for argv in (['--cfg', 'job'], ['--help'], ['eval.few_shot=-1', 'hydra.run.dir={tmp_path}']):\n"
+        "    sys.argv = ['hydratune', *argv]\n"
+        "    try:\n        cli.main()\n    except SystemExit:\n        pass\n"
+        "    assert not {'torch', 'transformers'} & set(sys.modules), f'{argv}: torch or transformers imported'\n"
+        "print('OK')"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
+    assert "eval.few_shot=-1 is out of range" in result.stderr
     assert "Configuration groups" in result.stdout and "OK" in result.stdout
     assert "model: smollm2_135m" not in result.stdout  # --cfg prints the config, not choices
     assert "method: dora, full, lora, qlora\n" in result.stdout  # options only, no schema_* entries

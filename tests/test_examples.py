@@ -221,8 +221,37 @@ def test_clippy_smoke_mode_against_the_fake_azure(tmp_path, cache_dir, monkeypat
     assert metrics["finetuned"]["exact_match"] == 1.0 and "base" not in metrics  # no hardware.base_deployment
 
 
+@pytest.mark.slow
+def test_migrate_openai_finetune_smoke_mode(tmp_path, cache_dir, monkeypatch):
+    """The migration walkthrough's two commands (its migrate.py): record the fake fine-tune (in this process: a
+    subprocess's imports cost ~5 s), train the tiny model on the recording, three columns with the same metrics."""
+    from examples.migrate_openai_finetune import migrate
+    from launchers.cloud import record
+    from tests.fake_provider import FakeProvider
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("OPENAI_API_KEY", migrate.KEY)
+    with FakeProvider(api_key=migrate.KEY) as fake:
+        migrate.fake_finetune(fake)
+        record_args, train_args = migrate.steps(tmp_path, fake.openai_url, smoke=True)
+        record.main(record_args[1:])
+        recorded = [json.loads(line)["messages"] for line in (tmp_path / "recorded.jsonl").read_text().splitlines()]
+        assert len(recorded) == 16 and all(m[-1]["content"] == fake.answers[m[1]["content"]] for m in recorded)
+        result = hydratune(*train_args, cache=cache_dir, env={"OPENAI_API_KEY": migrate.KEY})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert fake.counters["chat"] == 16 + 4 and max(fake.prompts.values()) == 1  # 16 recorded, 4 held-out asked
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    provider, base, tuned = metrics["compare"]["openai-finetune"], metrics["base"], metrics["finetuned"]
+    assert {"exact_match", "token_f1"} <= provider.keys() & base.keys() & tuned.keys()
+    held_out = [json.loads(line)["messages"] for line in (REPO / migrate.PROMPTS).with_name("heldout.jsonl").open()]
+    right = [fake.answers[m[1]["content"]] == m[2]["content"] for m in held_out[:4]]
+    assert provider["exact_match"] == sum(right) / 4  # the column is the fake fine-tune's own answers
+    assert "openai-finetune" in (tmp_path / "run" / "report.md").read_text()
+    assert "| exact_match |" in migrate.table(tmp_path / "run")
+
+
 def test_every_example_has_a_readme_with_its_smoke_command():
-    for name in ("recipe_ner", "clippy_azure", "text_to_sql_qlora", "autotrain_llm_sft"):
+    for name in ("recipe_ner", "clippy_azure", "text_to_sql_qlora", "autotrain_llm_sft", "migrate_openai_finetune"):
         readme = (REPO / "examples" / name / "README.md").read_text()
         assert f"experiment={name}" in readme
         assert Path(REPO / "conf" / "experiment" / f"{name}.yaml").is_file()

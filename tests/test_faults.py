@@ -425,7 +425,17 @@ def test_statistics_print_as_separate_numbers():
     split = {"examples": 3, "total_tokens": 10**7, "assistant_tokens": 9, "truncated": 1}
     split |= {"messages_per_example": None, "assistant_tokens_per_example": summary([1, 2, 3])}
     split["tokens_per_example"] = summary([1, 5825563, 17476689])
-    text = format_stats({"name": "x", "train": split, "validation": split, "skipped": 0, "max_length": 1024})
+    text = format_stats(
+        {
+            "name": "x",
+            "train": split,
+            "validation": split,
+            "skipped": 0,
+            "max_length": 1024,
+            "cache_hit": False,
+            "warnings": [],
+        }
+    )
     row = next(line for line in text.splitlines() if line.strip().startswith("tokens per example"))
     assert row.split()[3:] == ["1", "7767417.7", "5825563.0", "1.51e+07", "17476689"]
 

@@ -11,7 +11,7 @@ import pytest
 from tests.fake_provider import FakeProvider
 from tests.helpers import compose
 from tests.test_report import section
-from trainer import judge, report
+from trainer import judge, report_files
 from trainer.errors import UserError
 
 BASE_RIGHT, TUNED_RIGHT = [0, 1, 2], list(range(2, 20))  # of 30: 17 wins for the tuned model, 2 for the base
@@ -75,7 +75,7 @@ def test_judge_grades_both_orders_and_caches(fake, tmp_path):
 def test_judge_scores_join_the_paired_statistics_and_the_report(fake, tmp_path):
     metrics = results()
     metrics["judge"] = judge.run(judge_cfg(fake), metrics, tmp_path / "cache")
-    report.write_report(tmp_path, metrics, [], "judged")
+    report_files.write_report(tmp_path, metrics, [], "judged")
     saved = json.loads((tmp_path / "metrics.json").read_text())
     (c,) = [c for c in saved["comparisons"] if c["metric"] == "judge"]
     assert c["verdict"] == "better" and c["ci_low"] > 0  # grades of 1 or 5 only: 0/1 scores, McNemar

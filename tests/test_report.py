@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import hydratune
-from trainer import report
+from trainer import report_files
 
 N = 30
 
@@ -38,7 +38,7 @@ def metrics(base: list[int], tuned: list[int]) -> dict:
 @pytest.fixture
 def clear_gain(tmp_path) -> Path:
     # base right on 0-4; tuned right on 2-24: 20 wrong -> right, 2 right -> wrong (examples 0 and 1).
-    report.write_report(tmp_path, metrics(list(range(5)), list(range(2, 25))), [{"step": 1, "loss": 2.0}], "gain")
+    report_files.write_report(tmp_path, metrics(list(range(5)), list(range(2, 25))), [{"step": 1, "loss": 2.0}], "gain")
     return tmp_path
 
 
@@ -59,7 +59,7 @@ def test_report_shows_difference_interval_p_value_and_flips(clear_gain):
 
 
 def test_identical_models_report_no_significant_difference(tmp_path):
-    report.write_report(tmp_path, metrics([1, 2, 3], [1, 2, 3]), [], "same")
+    report_files.write_report(tmp_path, metrics([1, 2, 3], [1, 2, 3]), [], "same")
     md = (tmp_path / "report.md").read_text()
     assert "did NOT beat the base model on exact_match" in md
     assert "no significant difference at this sample size** (n = 30)" in md
@@ -85,7 +85,7 @@ def test_rebuild_writes_the_same_report(clear_gain):
 def test_report_command_compares_several_runs_side_by_side(tmp_path):
     for name, tuned in (("a", list(range(20))), ("b", list(range(3)))):
         (tmp_path / name).mkdir()
-        report.write_report(tmp_path / name, metrics([0, 1, 2], tuned), [], f"run {name}")
+        report_files.write_report(tmp_path / name, metrics([0, 1, 2], tuned), [], f"run {name}")
     out = tmp_path / "both.html"
     result = hydratune("report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), cache=tmp_path / "c")
     assert result.returncode == 0, result.stderr
@@ -103,7 +103,7 @@ def test_report_command_explains_a_folder_that_is_no_run(tmp_path):
 def test_compared_models_are_paired_with_the_fine_tuned_model(tmp_path):
     m = metrics([0, 1], list(range(25)))
     m["compare"] = {"gpt-x": section(list(range(24)), "gpt said")}
-    report.write_report(tmp_path, m, [], "with a compared model")
+    report_files.write_report(tmp_path, m, [], "with a compared model")
     saved = json.loads((tmp_path / "metrics.json").read_text())
     pairs = {(c["reference"], c["candidate"], c["metric"]): c for c in saved["comparisons"]}
     assert pairs["compare.gpt-x", "finetuned", "exact_match"]["verdict"] == "no significant difference"

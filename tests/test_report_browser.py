@@ -1,4 +1,5 @@
-"""report.html in a real headless browser: Debian's Chromium driven by Playwright (.ci/browser installs it in CI).
+"""report.html in a real headless browser: Debian's Chromium driven by Playwright (tests/browser.py; .ci/browser
+installs it in CI).
 
 The page loads without console errors or network requests, the verdict and the tables are visible, clicking a
 heading sorts, the search box filters, and a screenshot is saved. Locally the test skips, saying why, when
@@ -13,34 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import launch, missing, open_page
 from tests.test_report import metrics
-from trainer import report, sweeps
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def _missing() -> str | None:
-    if not Path(CHROMIUM).is_file():
-        return f"{CHROMIUM} is missing (`bash .ci/browser` installs Debian's chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is missing (pip install -e '.[dev]')"
-    return None
+from trainer import report_files, sweeps
 
 
 @pytest.fixture(scope="module")
 def browser():
-    reason = _missing()
+    reason = missing()
     if reason:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the browser test: {reason}")
@@ -48,21 +29,9 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        chromium = launch(p)
         yield chromium
         chromium.close()
-
-
-def open_page(browser, path: Path):
-    """The page at ``path``, with every console error, page error and non-file request recorded."""
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.problems = []
-    page.on("console", lambda m: m.type in ("error", "warning") and page.problems.append(f"console {m.type}: {m.text}"))
-    page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
-    page.on("request", lambda r: r.url.startswith("file:") or page.problems.append(f"network request: {r.url}"))
-    page.goto(path.as_uri())
-    page.wait_for_load_state("load")
-    return page
 
 
 def column(page, table: str, index: int) -> list[str]:
@@ -77,7 +46,7 @@ def test_run_report_in_a_browser(browser, tmp_path):
     long_prompt = "system: " + "a shared system prompt. " * 40 + "user: recipe twenty-seven"
     for key in ("base", "finetuned"):
         gain[key]["per_example"]["prompt"][27] = long_prompt
-    report.write_report(tmp_path, gain, [{"step": 1, "loss": 2.0}], "gain")
+    report_files.write_report(tmp_path, gain, [{"step": 1, "loss": 2.0}], "gain")
     page = open_page(browser, tmp_path / "report.html")
     assert page.problems == []
     verdict = page.locator("#verdict")

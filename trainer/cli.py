@@ -49,10 +49,12 @@ def _task(cfg: DictConfig) -> float | None:
         rundir.interrupted(cfg, _command, started)
         _interrupted(cfg.output_dir)
     except Exception as exc:
-        from trainer.loggers import explain_wandb_error
-
         # A full or read-only disk, a wandb server that refuses the key: one paragraph.
-        exc = explain_io_error(exc, cfg.output_dir) or explain_wandb_error(exc) or exc
+        exc = explain_io_error(exc, cfg.output_dir) or exc
+        if not isinstance(exc, UserError):  # trainer.loggers imports transformers: not for a config mistake
+            from trainer.loggers import explain_wandb_error
+
+            exc = explain_wandb_error(exc) or exc
         if rundir.in_multirun():  # one failed run of a sweep is recorded in its status.json; the others go on
             rundir.failed(cfg, _command, started, exc)
             return None  # Optuna records a failed trial

@@ -185,7 +185,7 @@ def _check_distributed(cfg: DictConfig) -> None:
 
 
 def _check_cloud(cfg: DictConfig) -> None:
-    hw, model, method = cfg.hardware, cfg.model, cfg.method
+    hw, model = cfg.hardware, cfg.model
     if model.source != "provider":
         raise UserError(
             f"hardware={hw.name} fine-tunes a model at the provider, but model.source={model.source} "
@@ -196,14 +196,6 @@ def _check_cloud(cfg: DictConfig) -> None:
         raise UserError(
             f"model.encoding is not set for {model.name_or_path}: hydratune needs the tiktoken encoding "
             "to count and price tokens (o200k_base for gpt-4o / gpt-4.1, cl100k_base for gpt-3.5-turbo)."
-        )
-    if method.quantization is not None or method.name in ("qlora", "dora") or method.merge_adapter:
-        raise UserError(
-            f"method={method.name} is a local-only choice (adapters, quantization and merging happen on "
-            f"your own GPU) and hardware={hw.name} trains at the provider. The provider trains its own way: it "
-            "supports objective=sft or dpo and the hyperparameters hardware.n_epochs, batch_size, "
-            "learning_rate_multiplier (a number or auto), seed and suffix. Leave method at its default (lora, "
-            "ignored here) or pick a local hardware option."
         )
     fmt = cfg.dataset.format
     if fmt == "text":

@@ -1,10 +1,12 @@
 """Cost and break-even: what training cost, what 1,000 queries cost with the fine-tuned model against the base model
 prompted with K solved examples (longer prompts), and after how many queries fine-tuning has paid for itself.
 
-Prices come from ``eval.cost`` (USD per hour of the training machine, USD per million prompt and answer tokens at
-inference); token counts are measured on the held-out queries: the fine-tuned model's prompts and answers, and the
-K-shot prompts (the few-shot section's, or the same queries with K training examples in front when
-``eval.few_shot=0``: tokenized, not generated).
+Training costs the training time x ``eval.cost.usd_per_hour`` for a local run, and the job's billed training tokens
+x the provider's training price (``hardware.price_per_million_training_tokens``) for a provider run. Inference
+prices come from ``eval.cost`` (USD per million prompt and answer tokens); token counts are measured on the held-out
+queries: the fine-tuned model's prompts and answers, and the K-shot prompts (the few-shot section's, or the same
+queries with K training examples in front when ``eval.few_shot=0``: tokenized, not generated; for a provider's
+model, estimated from the zero-shot prompts' tokens per character).
 """
 
 from __future__ import annotations
@@ -20,8 +22,61 @@ def kshot_prompt_tokens(tokenizer, queries: list, demos: list) -> float:
     return sum(len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts) / max(1, len(prompts))
 
 
+def kshot_prompt_tokens_by_characters(zero_shot_tokens: float, queries: list, demos: list) -> float:
+    """Mean prompt tokens of the K-shot queries where no tokenizer is at hand (a provider's model): the zero-shot
+    prompts' tokens (as the endpoint counted them) scaled by how many more characters the K-shot messages hold."""
+    from trainer import evaluation
+
+    def characters(q) -> int:
+        return len(q.prompt) if isinstance(q.prompt, str) else sum(len(m["content"]) for m in q.prompt)
+
+    zero = sum(characters(q) for q in queries)
+    shots = sum(characters(evaluation.with_demonstrations(q, demos)) for q in queries)
+    return zero_shot_tokens * shots / max(1, zero)
+
+
 def local(cfg, train_seconds: float, results: dict, tokenizer, queries: list, train_rows: list) -> dict | None:
     """The break-even section of a local run (None without a fine-tuned evaluation)."""
+    c = cfg.eval.cost
+    training = {
+        "usd": train_seconds / 3600 * c.usd_per_hour,
+        "how": f"{train_seconds:.1f} s of training x ${c.usd_per_hour:g}/hour (eval.cost.usd_per_hour)",
+    }
+
+    def tokenized(demos: list) -> tuple[float, str]:
+        return kshot_prompt_tokens(tokenizer, queries, demos), "K-shot prompts tokenized"
+
+    return _break_even(cfg, results, queries, train_rows, training, tokenized)
+
+
+def provider(cfg, results: dict, estimate_: dict, trained_tokens: int | None, queries: list, train_rows: list):
+    """The break-even section of a provider run: training = the job's billed tokens (as the provider reports them,
+    else the pre-flight estimate) x the training price (hardware.price_per_million_training_tokens). None without
+    a fine-tuned evaluation or without a training price for the model."""
+    price = estimate_.get("usd_per_million")
+    if price is None:
+        return None
+    billed, source = (
+        (trained_tokens, "billed by the provider") if trained_tokens else (estimate_["billed_tokens"], "estimated")
+    )
+    training = {
+        "usd": billed / 1e6 * float(price),
+        "how": f"{billed:,} training tokens ({source}) x ${float(price):g}/1M (hardware.price_per_million_training_tokens)",
+    }
+
+    def by_characters(demos: list) -> tuple[float, str]:
+        zero = (results.get("finetuned") or {})["prompt_tokens_per_query"]
+        return (
+            kshot_prompt_tokens_by_characters(zero, queries, demos),
+            "K-shot prompt tokens estimated from the zero-shot prompts' tokens per character",
+        )
+
+    return _break_even(cfg, results, queries, train_rows, training, by_characters)
+
+
+def _break_even(cfg, results: dict, queries: list, train_rows: list, training: dict, kshot) -> dict | None:
+    """The K-shot prompts' tokens (the few-shot section's when it has K demonstrations, else ``kshot(demos)``),
+    then :func:`estimate`."""
     from trainer import evaluation
 
     tuned = results.get("finetuned") or {}
@@ -33,16 +88,8 @@ def local(cfg, train_seconds: float, results: dict, tokenizer, queries: list, tr
     if "prompt_tokens_per_query" in few and shots == cfg.eval.few_shot:
         few_tokens = (few["prompt_tokens_per_query"], few["answer_tokens_per_query"], "measured (few-shot section)")
     else:
-        demos = evaluation.queries(train_rows, shots)
-        few_tokens = (
-            kshot_prompt_tokens(tokenizer, queries, demos),
-            tuned["answer_tokens_per_query"],
-            "K-shot prompts tokenized; answers as long as the fine-tuned model's",
-        )
-    training = {
-        "usd": train_seconds / 3600 * c.usd_per_hour,
-        "how": f"{train_seconds:.1f} s of training x ${c.usd_per_hour:g}/hour (eval.cost.usd_per_hour)",
-    }
+        tokens, how = kshot(evaluation.queries(train_rows, shots))
+        few_tokens = (tokens, tuned["answer_tokens_per_query"], f"{how}; answers as long as the fine-tuned model's")
     return estimate(c, training, tuned, (results.get("base") or {}), few_tokens, shots)
 
 

@@ -160,17 +160,23 @@ def configured(eval_cfg: Any) -> list[tuple[str, Any]]:
                     "base_url of an OpenAI-compatible API (e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1) "
                     "and the model name that API knows; api_key_env names the variable holding its key."
                 )
-        if endpoint.api_key_env and not os.environ.get(endpoint.api_key_env):
-            raise UserError(
-                f"{where}.api_key_env={endpoint.api_key_env}: that environment variable is not set (or empty). "
-                f"Export the API key for {endpoint.base_url} in it; hydratune reads keys from the environment only."
-            )
+        check_key(endpoint, where)
         if endpoint.name in names:
             raise UserError(
                 f"{where}.name={endpoint.name} is also the name of {names[endpoint.name]}: names are columns."
             )
         names[endpoint.name] = where
     return found
+
+
+def check_key(endpoint: Any, where: str) -> None:
+    """A UserError when the environment variable ``endpoint.api_key_env`` names is not set (the key itself is never
+    in a config)."""
+    if endpoint.api_key_env and not os.environ.get(endpoint.api_key_env):
+        raise UserError(
+            f"{where}.api_key_env={endpoint.api_key_env}: that environment variable is not set (or empty). "
+            f"Export the API key for {endpoint.base_url} in it; hydratune reads keys from the environment only."
+        )
 
 
 def compare_models(eval_cfg: Any, qs: list[Query], run_dir: Path | None = None) -> dict:

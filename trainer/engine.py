@@ -25,7 +25,7 @@ from trainer import (
     models,
     objectives,
     regression,
-    report,
+    report_files,
 )
 from trainer.config_checks import check_generation_length
 
@@ -141,7 +141,7 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
         results["break_even"] = cost.local(cfg, seconds, results, tokenizer, queries, train_rows)
     results["objective"] = {"name": cfg.objective.name, "headline": list(cfg.objective.headline)}  # the verdict's
     title = f"hydratune run: {cfg.run_name} (objective={cfg.objective.name})"
-    report.write_report(run_dir, results, trainer.state.log_history, title)
+    report_files.write_report(run_dir, results, trainer.state.log_history, title)
     loggers.finish(trainer)
     log.info("report: %s (and report.html)", run_dir / "report.md")
     return results
@@ -209,7 +209,7 @@ def evaluate_only(cfg: DictConfig, run_dir: Path, device: str) -> dict:
         examples = data.load_examples(cfg.dataset, run_dir)
         queries = evaluation.queries(examples.validation, cfg.eval.max_examples)
         results = {"compare": endpoint_eval.compare_models(cfg.eval, queries, run_dir=run_dir)}
-        report.write_report(
+        report_files.write_report(
             run_dir, results, [], f"hydratune eval: {cfg.eval.endpoint.model} at {cfg.eval.endpoint.base_url}"
         )
         return results
@@ -222,5 +222,5 @@ def evaluate_only(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     if endpoint_eval.configured(cfg.eval):
         results["compare"] = endpoint_eval.compare_models(cfg.eval, held_out.queries, run_dir=run_dir)
     results["objective"] = {"name": cfg.objective.name, "headline": list(cfg.objective.headline)}
-    report.write_report(run_dir, results, [], f"hydratune eval: {cfg.model.name_or_path}")
+    report_files.write_report(run_dir, results, [], f"hydratune eval: {cfg.model.name_or_path}")
     return results

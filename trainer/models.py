@@ -148,10 +148,11 @@ def _save_atomically(folder: Path, model, tokenizer) -> None:
     tokenizer.save_pretrained(tmp)
     try:
         tmp.rename(folder)
-    except OSError:  # another run finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:  # another run finished first, or a broken entry (no config.json) is in the way
         if not (folder / "config.json").exists():
-            raise
+            shutil.rmtree(folder, ignore_errors=True)  # e.g. one written by a non-main rank: tokenizer files only
+            tmp.rename(folder)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- loading

@@ -43,7 +43,7 @@ def _answer_logps(model, tokenizer, items: list[tuple[list[int], list[int]]], ba
             mask[i, : len(p) + len(a)] = 1
             answer[i, len(p) : len(p) + len(a)] = True
         ids, mask, answer = ids.to(model.device), mask.to(model.device), answer.to(model.device)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: ZeRO-3 would keep its gathered weights as inference tensors
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         out += (logps * answer[:, 1:]).sum(-1).tolist()
@@ -59,7 +59,7 @@ def _scores(model, tokenizer, texts: list[str], batch_size: int) -> list[float]:
     try:
         for start in range(0, len(texts), batch_size):
             enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True)
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: ZeRO-3 would keep its gathered weights as inference tensors
                 out += model(**enc.to(model.device)).logits[:, 0].float().tolist()
     finally:
         tokenizer.padding_side = side

@@ -29,10 +29,10 @@ def main(argv: list[str]) -> None:
 
 
 def rebuild(path: Path) -> Path:
-    from trainer import report, sweeps
+    from trainer import report_files, sweeps
 
     if (path / "metrics.json").is_file():
-        return report.rebuild(path)
+        return report_files.rebuild(path)
     runs = [p.parent for name in ("status.json", "overrides.json") for p in path.glob(f"*/{name}")]
     if runs:
         metric, direction = objective_of(sorted(set(runs)))

@@ -55,6 +55,7 @@ def load_test(
             start = time.monotonic()
             first = None
             tokens = 0
+            stopped = False
             try:
                 stream: Any = api.chat.completions.create(  # type: ignore[call-overload]  # plain dict messages
                     model=model,
@@ -69,6 +70,8 @@ def load_test(
                     if chunk.choices and chunk.choices[0].delta.content:
                         chunks += 1
                         first = first or time.monotonic()
+                    if chunk.choices and chunk.choices[0].finish_reason:
+                        stopped = chunk.choices[0].finish_reason == "stop"  # else "length": cut at max_tokens
                     if chunk.usage is not None:
                         tokens = chunk.usage.completion_tokens
                 tokens = tokens or chunks
@@ -79,7 +82,13 @@ def load_test(
             end = time.monotonic()
             with lock:
                 records.append(
-                    {"latency_s": end - start, "ttft_s": (first or end) - start, "tokens": tokens, "end": end}
+                    {
+                        "latency_s": end - start,
+                        "ttft_s": (first or end) - start,
+                        "tokens": tokens,
+                        "stopped": stopped,
+                        "end": end,
+                    }
                 )
             i += clients
 
@@ -105,6 +114,8 @@ def summary(
         "elapsed_s": elapsed,
         "max_tokens": max_tokens,
         "requests": len(records),
+        #: answers that ended at the model's end-of-sequence token (finish_reason "stop"), not at max_tokens
+        "stopped": sum(bool(r.get("stopped")) for r in records),
         "errors": len(errors),
         "error_samples": errors[:5],
         "requests_per_s": len(records) / elapsed,

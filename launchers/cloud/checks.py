@@ -9,11 +9,24 @@ from typing import Any
 from launchers.cloud import lifecycle
 from launchers.cloud import provider as provider_api
 from trainer import objectives
+from trainer.errors import UserError
 
 
 def check(cfg: Any) -> None:
     """Raise a UserError for a config the configured provider cannot run."""
     provider = provider_api.get(cfg.hardware)  # an unknown provider name is a choice error naming the known ones
+    _local_only(cfg, provider)
     objectives.check_provider(cfg)  # the provider offers objective=... (objective.providers)
     lifecycle.check(cfg)
     provider.check(cfg)
+
+
+def _local_only(cfg: Any, provider: provider_api.Provider) -> None:
+    """Quantization, DoRA and merging happen on your own GPU: the provider's message names its own settings."""
+    method = cfg.method
+    if method.quantization is not None or method.name in ("qlora", "dora") or method.merge_adapter:
+        raise UserError(
+            f"method={method.name} is a local-only choice (adapters, quantization and merging happen on your own "
+            f"GPU) and hardware={cfg.hardware.name} trains at the provider, its own way: {provider.settings} "
+            "Leave method at its default (lora) or pick a local hardware option."
+        )

@@ -15,6 +15,7 @@ from the environment only and the cost is estimated before anything is uploaded.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ class FileInfo:
 
 class Provider(Protocol):
     name: str
+    #: What the provider trains and with which of its own keys, for messages (one sentence).
+    settings: str
 
     def model_name(self, cfg: Any) -> str:
         """The model name the provider knows for ``cfg.model``."""
@@ -128,6 +131,16 @@ def get(hw: Any) -> Provider:
             "pip install 'hydratune[cloud]'."
         ) from None
     return module.make(hw)
+
+
+def require_key(hw: Any, variable: str, provider: str) -> None:
+    """A UserError naming ``variable`` when neither it nor ``hardware.api_key`` holds a key (checked before the SDK
+    client is made: the key is handed to the SDK, never logged or written)."""
+    if not (hw.api_key or os.environ.get(variable)):
+        raise UserError(
+            f"No {provider} API key: set the environment variable {variable} (hydratune never stores keys; "
+            "hardware.api_key=${oc.env:MY_VAR} also works)."
+        )
 
 
 def pages(list_page: Any, retry: Any, what: str, max_pages: int, **kwargs: Any) -> Iterator[Any]:

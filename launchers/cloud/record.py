@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections import Counter
@@ -110,7 +111,15 @@ def main(args: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     for chatty in ("httpx", "httpx2", "openai"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    summary = record(compose(args))
+    cfg = compose(args)
+    try:
+        summary = record(cfg)
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            f"hydratune: interrupted. The answers received are in {cfg.record.out}; run the same command again to "
+            "send only the prompts without an answer.\n"
+        )
+        raise SystemExit(130) from None
     if summary.failed:
         shown = "; ".join(f"{key}: {why}" for key, why in list(summary.failed.items())[:5])
         raise UserError(
@@ -201,11 +210,9 @@ def _check(rec: Any) -> Any:
             "record.endpoint.usd_per_million_input_tokens and usd_per_million_output_tokens (the provider's price "
             "list for this model), or drop record.max_usd."
         )
-    if endpoint.api_key_env and not os.environ.get(endpoint.api_key_env):
-        raise UserError(
-            f"record.endpoint.api_key_env={endpoint.api_key_env}: that environment variable is not set (or empty). "
-            f"Export the API key for {endpoint.base_url} in it; hydratune reads keys from the environment only."
-        )
+    from trainer.endpoint_eval import check_key
+
+    check_key(endpoint, "record.endpoint")
     return endpoint
 
 
@@ -503,14 +510,15 @@ def _send(todo: list[Prompt], client: Any, rec: Any, journal: Journal, summary: 
             bar.update()
 
     workers = max(1, int(endpoint.concurrency))
+    pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for future in [pool.submit(worker) for _ in range(workers)]:
-                future.result()
+        for future in [pool.submit(worker) for _ in range(workers)]:
+            future.result()
     except KeyboardInterrupt:
-        stop.set()
+        stop.set()  # the requests in flight finish and are written; nothing new is sent
         raise
     finally:
+        pool.shutdown(wait=True)
         bar.close()
         journal.close()
     if fatal:

@@ -134,8 +134,26 @@ def finish(
         tuned = job.fine_tuned_model
         assert tuned is not None, f"job {job.id} succeeded without a fine-tuned model name"
         metrics.update(evaluate_all(cfg, provider, state, retry, prepared, tuned, run_dir))
+    if cfg.eval.enabled:
+        add_break_even(cfg, metrics, prepared, job)
     write_report(run_dir, metrics, history, f"{cfg.run_name}: {job.model} fine-tuned at {cfg.hardware.provider}")
     state.update_job(reported=True)
+
+
+def add_break_even(cfg: Any, metrics: dict[str, Any], prepared: Prepared, job: Job) -> None:
+    """The report's cost and break-even: the job's billed training tokens x the training price, against the
+    K-shot prompts' longer queries (trainer.cost)."""
+    from trainer import cost, evaluation
+
+    queries = evaluation.queries(prepared.examples.validation, cfg.eval.max_examples)
+    section = cost.provider(cfg, metrics, metrics["cost"], job.trained_tokens, queries, prepared.examples.train)
+    if section is None and metrics["cost"]["usd_per_million"] is None:
+        log.warning(
+            "no training price for %s (hardware.price_per_million_training_tokens): no break-even in the report",
+            metrics["cost"]["model"],
+        )
+    if section is not None:
+        metrics["break_even"] = section
 
 
 def _final(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -180,6 +198,6 @@ def evaluate_all(
 
 
 def write_report(run_dir: Path, metrics: dict, history: list[dict], title: str) -> None:
-    from trainer.report import write_report as write
+    from trainer.report_files import write_report as write
 
     write(run_dir, metrics, history, title)

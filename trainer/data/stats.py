@@ -47,9 +47,9 @@ def number(value) -> str:
 def format_stats(stats: dict) -> str:
     """A short human-readable table of the statistics."""
     lines = [
-        f"dataset {stats.get('name', '')}: {stats['train']['examples']} train / "
+        f"dataset {stats['name']}: {stats['train']['examples']} train / "
         f"{stats['validation']['examples']} validation examples, {stats['skipped']} skipped rows, "
-        f"max_length {stats['max_length']}, cache {'hit' if stats.get('cache_hit') else 'miss'}"
+        f"max_length {stats['max_length']}, cache {'hit' if stats['cache_hit'] else 'miss'}"
     ]
     header = f"  {'':<34}" + "".join(f" {name:>10}" for name in COLUMNS)
     for split in ("train", "validation"):
@@ -64,5 +64,5 @@ def format_stats(stats: dict) -> str:
             v = s[key]
             if v:
                 lines.append(f"  {key.replace('_', ' '):<34}" + "".join(f" {number(v[c]):>10}" for c in COLUMNS))
-    lines += [f" warning: {w}" for w in stats.get("warnings", [])]
+    lines += [f" warning: {w}" for w in stats["warnings"]]
     return "\n".join(lines)

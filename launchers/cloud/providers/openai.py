@@ -7,12 +7,12 @@ completions by its id.
 
 from __future__ import annotations
 
-import os
 from contextlib import AbstractContextManager, nullcontext
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from launchers.cloud.provider import FileInfo, Job, JobError, pages
+from launchers.cloud.provider import FileInfo, Job, JobError, pages, require_key
 from trainer import objectives
 from trainer.errors import UserError
 
@@ -22,28 +22,25 @@ HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier", "dpo_be
 
 class OpenAI:
     name = "openai"
+    settings = (
+        "it supports objective=sft or dpo and the hyperparameters hardware.n_epochs, batch_size, "
+        "learning_rate_multiplier (a number or auto), dpo_beta (objective=dpo), seed and suffix."
+    )
 
     def __init__(self, hw: Any) -> None:
         self.hw = hw
-        self._client: Any = None
 
     # ------------------------------------------------------------ config
 
-    @property
+    @cached_property
     def client(self) -> Any:
-        if self._client is None:
-            self._client = self.make_client()
-        return self._client
+        return self.make_client()
 
     def make_client(self) -> Any:
         import openai
 
         hw = self.hw
-        if not (hw.api_key or os.environ.get("OPENAI_API_KEY")):
-            raise UserError(
-                "No OpenAI API key: set the environment variable OPENAI_API_KEY (hydratune never stores "
-                "keys; hardware.api_key=${oc.env:MY_VAR} also works)."
-            )
+        require_key(hw, "OPENAI_API_KEY", "OpenAI")
         kwargs = {"base_url": hw.base_url} if hw.base_url else {}
         return openai.OpenAI(
             api_key=hw.api_key or None, organization=hw.organization, project=hw.project, max_retries=0, **kwargs

@@ -16,10 +16,11 @@ import shutil
 import tarfile
 import tempfile
 from contextlib import AbstractContextManager, nullcontext
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from launchers.cloud.provider import FileInfo, Job, JobError
+from launchers.cloud.provider import FileInfo, Job, JobError, require_key
 from trainer import objectives
 from trainer.errors import UserError, choice_error
 
@@ -44,27 +45,24 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 class Together:
     name = "together"
+    settings = (
+        "it supports objective=sft or dpo, LoRA (hardware.lora=true, with lora_r, lora_alpha, lora_dropout, "
+        "lora_trainable_modules) or full fine-tuning (hardware.lora=false), and the hyperparameters "
+        "hardware.n_epochs, learning_rate, batch_size, lr_scheduler_type, warmup_ratio, max_grad_norm, weight_decay, "
+        "n_evals, train_on_inputs, max_seq_length, random_seed, dpo_beta and suffix."
+    )
 
     def __init__(self, hw: Any) -> None:
         self.hw = hw
-        self._client: Any = None
 
     # ------------------------------------------------------------ config
 
-    @property
+    @cached_property
     def client(self) -> Any:
-        if self._client is None:
-            import together
+        import together
 
-            if not (self.hw.api_key or os.environ.get("TOGETHER_API_KEY")):
-                raise UserError(
-                    "No Together AI API key: set the environment variable TOGETHER_API_KEY (hydratune never "
-                    "stores keys; hardware.api_key=${oc.env:MY_VAR} also works)."
-                )
-            self._client = together.Together(
-                api_key=self.hw.api_key or None, base_url=self.hw.base_url or None, max_retries=0
-            )
-        return self._client
+        require_key(self.hw, "TOGETHER_API_KEY", "Together AI")
+        return together.Together(api_key=self.hw.api_key or None, base_url=self.hw.base_url or None, max_retries=0)
 
     def model_name(self, cfg: Any) -> str:
         return str(cfg.model.name_or_path)
