@@ -52,14 +52,8 @@ def args(tmp_path: Path, fake: FakeProvider, *extra: str) -> list[str]:
 
 def hydratune(argv: list[str], env: dict, log: Path | None = None) -> subprocess.Popen:
     out = open(log or os.devnull, "ab")  # noqa: SIM115 - closed by the child's exit
-    return subprocess.Popen(
-        [sys.executable, "-m", "trainer.cli", *argv],
-        env=env,
-        cwd=REPO,
-        stdout=out,
-        stderr=out,
-        preexec_fn=interruptible,
-    )
+    cmd = [sys.executable, "-m", "trainer.cli", *argv]
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=out, preexec_fn=interruptible)
 
 
 def finish(argv: list[str], env: dict) -> subprocess.CompletedProcess:
