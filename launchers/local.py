@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from trainer import rundir
 from trainer.errors import UserError
@@ -45,18 +45,20 @@ def set_threads(hardware: DictConfig, processes: int = 1) -> int:
     return threads
 
 
-def skip_deepspeed_probe() -> None:
-    """For a process that runs without DeepSpeed. Before each save_pretrained accelerate unwraps the model and, when
-    the deepspeed package is installed, imports it to check for a DeepSpeedEngine wrapper: 3.5 s at the first save
-    of every run, 6 s where mlflow is installed too (deepspeed's autotuner imports it). Such a process has no such
-    wrapper, so accelerate is told, for this process, that deepspeed is not there."""
+def skip_deepspeed_probe(cfg: DictConfig) -> None:
+    """For a run without DeepSpeed (no ``train.deepspeed``). At SFTTrainer's start and before each save, accelerate
+    unwraps the model and, when the deepspeed package is installed, imports it to check for a DeepSpeedEngine
+    wrapper: 3.5 s, more where mlflow is installed (deepspeed's autotuner imports it). Such a run has no such wrapper,
+    so accelerate is told, for this process, that deepspeed is not there."""
+    if OmegaConf.select(cfg, "train.deepspeed"):
+        return
     import accelerate.utils.other
 
     accelerate.utils.other.is_deepspeed_available = lambda: False
 
 
 def run(cfg: DictConfig, command: str) -> None:
-    skip_deepspeed_probe()
+    skip_deepspeed_probe(cfg)
     run_dir = rundir.start(cfg, Path(cfg.output_dir), command)  # eval of a finished run: a new sub-dir of it
     if command == "prepare":  # nothing trains: a GPU config is estimated on a machine without one too
         from trainer import commands

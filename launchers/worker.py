@@ -62,8 +62,6 @@ def run(run_dir: Path, rank: int) -> None:
     from launchers.local import pick_device, set_threads, skip_deepspeed_probe
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    if not OmegaConf.select(cfg, "train.deepspeed"):  # the parent sets it for every DeepSpeed run
-        skip_deepspeed_probe()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_world = int(
         os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or world
@@ -87,6 +85,7 @@ def run(run_dir: Path, rank: int) -> None:
     from trainer import engine
 
     assert isinstance(cfg, DictConfig), f"{run_dir / 'config.yaml'} does not hold a mapping"
+    skip_deepspeed_probe(cfg)  # unless train.deepspeed: the parent sets it for every DeepSpeed run
     engine.train(cfg, run_dir, device)
 
 

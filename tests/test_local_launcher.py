@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from launchers.local import skip_deepspeed_probe
 
@@ -20,5 +21,8 @@ def test_a_run_without_deepspeed_never_imports_it(monkeypatch):
     monkeypatch.setattr(other, "is_deepspeed_available", lambda: True)  # as where the package is installed
     with pytest.raises(ImportError):
         other.extract_model_from_parallel(model)
-    skip_deepspeed_probe()
+    skip_deepspeed_probe(OmegaConf.create({"train": {"deepspeed": "ds.json"}}))  # a DeepSpeed run keeps the probe
+    with pytest.raises(ImportError):
+        other.extract_model_from_parallel(model)
+    skip_deepspeed_probe(OmegaConf.create({"train": {"learning_rate": 1e-4}}))
     assert other.extract_model_from_parallel(model) is model
