@@ -61,3 +61,16 @@ def interruptible() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def preference_examples():
+    """What launchers.cloud.prepare.load_examples returns for 8 training and 2 validation copies of one preference
+    pair (a provider DPO job's data, without a dataset file)."""
+    from types import SimpleNamespace
+
+    pair = {
+        "prompt": [{"role": "user", "content": "Recipe 1: 2 cups flour, 1 eggs, a pinch of salt"}],
+        "chosen": [{"role": "assistant", "content": '["flour", "eggs", "salt"]'}],
+        "rejected": [{"role": "assistant", "content": "flour"}],
+    }
+    return SimpleNamespace(train=[pair] * 8, validation=[pair] * 2, skipped=[], warnings=[])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -12,7 +11,7 @@ from launchers import cloud
 from launchers.cloud import client as cloud_client
 from launchers.cloud import jobs
 from tests.fake_provider import ALL_ROUTES, FakeProvider, files_containing, write_chat_dataset
-from tests.helpers import compose
+from tests.helpers import compose, preference_examples
 from trainer.config_checks import check_config
 from trainer.errors import UserError
 
@@ -242,12 +241,8 @@ def test_few_shot_column_and_dpo_objective(fake, tmp_path, monkeypatch):
         few["prompt_tokens"] == metrics["few_shot"]["prompt_tokens_per_query"] and metrics["break_even"]["shots"] == 2
     )
 
-    pref = {
-        "prompt": [{"role": "user", "content": "Recipe 1: 2 cups flour, 1 eggs, a pinch of salt"}],
-        "chosen": [{"role": "assistant", "content": '["flour", "eggs", "salt"]'}],
-        "rejected": [{"role": "assistant", "content": "flour"}],
-    }
-    examples = SimpleNamespace(train=[pref] * 8, validation=[pref] * 2, skipped=[], warnings=[])
+    examples = preference_examples()
+    pref = examples.train[0]
     monkeypatch.setattr("launchers.cloud.prepare.load_examples", lambda *a: examples)
     cfg = cloud_cfg(tmp_path / "dpo", fake, "objective=dpo", "dataset.format=preference", "hardware.dpo_beta=0.1")
     check_config(cfg)

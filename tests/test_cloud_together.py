@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -19,7 +18,7 @@ from launchers import check as check_cloud
 from launchers import cloud
 from tests.fake_provider import files_containing, write_chat_dataset
 from tests.fake_together import ALL_ROUTES, FakeTogether
-from tests.helpers import REPO, compose
+from tests.helpers import REPO, compose, preference_examples
 from trainer.errors import UserError
 
 API_KEY = "tg-test-KEY-0123456789abcdef"
@@ -131,13 +130,7 @@ def test_full_fine_tuning_downloads_a_whole_model(fake, tmp_path, cache_dir):
 
 
 def test_dpo_objective_with_its_own_hyperparameters(fake, tmp_path, cache_dir, monkeypatch):
-    pref = {
-        "prompt": [{"role": "user", "content": "Recipe 1: 2 cups flour, 1 eggs, a pinch of salt"}],
-        "chosen": [{"role": "assistant", "content": '["flour", "eggs", "salt"]'}],
-        "rejected": [{"role": "assistant", "content": "flour"}],
-    }
-    examples = SimpleNamespace(train=[pref] * 8, validation=[pref] * 2, skipped=[], warnings=[])
-    monkeypatch.setattr("launchers.cloud.prepare.load_examples", lambda *a: examples)
+    monkeypatch.setattr("launchers.cloud.prepare.load_examples", lambda *a: preference_examples())
     extra = ["dataset.format=preference", "objective=dpo", "hardware.dpo_beta=0.2", "eval.enabled=false"]
     cfg = together_cfg(tmp_path, cache_dir, *extra)
     cloud.run(cfg, "train")
