@@ -11,8 +11,10 @@ VENV ?= $(or $(VIRTUAL_ENV),.venv)
 PYTHON ?= python3
 BIN := $(VENV)/bin
 PY := $(BIN)/python
-# The fast tier: no real model, no multi-process run (tests marked `slow` are left out; `gpu` ones skip here).
-FAST := -m "not slow"
+# The fast tier: no training or evaluation run (the tiny model's included), no multi-process run, no real model
+# (tests marked `slow` are left out; `gpu` ones skip here). Its tests are independent, so two workers share them
+# (pytest-xdist); the slow tier runs in one process, since its multi-process tests count on the cores being free.
+FAST := -m "not slow" -n 2
 
 .PHONY: setup test test-fast lint typecheck demo lock
 
@@ -28,7 +30,8 @@ typecheck: setup
 	$(BIN)/mypy
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(FAST)
+	$(PY) -m pytest -q -m slow
 
 test-fast: setup
 	$(PY) -m pytest -q $(FAST)

@@ -73,6 +73,7 @@ def provider_prices(cfg):
     return provider.get(cfg.hardware).price_table(cfg)
 
 
+@pytest.mark.slow  # evaluates the tiny model
 def test_end_to_end_weights_downloaded_loaded_and_evaluated_here(fake, tmp_path, cache_dir, capsys, caplog):
     caplog.set_level("DEBUG")
     cfg = together_cfg(tmp_path, cache_dir, "hardware.lora_r=4", "hardware.n_evals=2", "hardware.suffix=recipes")

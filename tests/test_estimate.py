@@ -148,6 +148,7 @@ def test_one_log_line_saved_in_the_run_dir_and_a_warning_past_an_hour(tmp_path, 
     assert math.isfinite(slow.total_s)
 
 
+@pytest.mark.slow  # a hydratune process
 def test_prepare_prints_the_estimate_of_a_gpu_run_on_a_machine_without_one(tmp_path, cache_dir):
     """`hydratune prepare hardware=single_gpu`: no GPU here, so the estimate uses the model's FLOPs and size and a
     nominal GPU; the run dir keeps estimate.json."""

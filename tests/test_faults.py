@@ -117,6 +117,7 @@ def test_overwrite_moves_the_whole_old_run_aside(finished, tmp_path, cache_dir):
 # ---------------------------------------------------------------- locks
 
 
+@pytest.mark.slow  # two hydratune processes
 def test_a_locked_run_dir_names_the_holder(tmp_path, cache_dir):
     rundir.lock(tmp_path, "train")  # this test process holds it, as a running hydratune would
     try:
@@ -374,6 +375,7 @@ def test_a_damaged_base_evaluation_cache_file_is_computed_again(tmp_path, caplog
     assert "base evaluation cache file base-0123.json is damaged" in caplog.text
 
 
+@pytest.mark.slow  # two processes
 def test_two_concurrent_runs_fill_one_cache_once(tmp_path):
     """Two `hydratune prepare` processes on one cold cache: both succeed, one entry, nothing partial."""
     from tests.helpers import ASSETS
@@ -403,6 +405,7 @@ def test_two_concurrent_runs_fill_one_cache_once(tmp_path):
 # ---------------------------------------------------------------- bad input: one paragraph, no traceback
 
 
+@pytest.mark.slow  # a hydratune process
 def test_an_unreadable_data_file_is_one_paragraph(tmp_path, cache_dir):
     data = tmp_path / "data.jsonl"
     data.symlink_to("/proc/self/clear_refs")  # a real file that no process can read (EINVAL or EACCES)
@@ -440,6 +443,7 @@ def test_statistics_print_as_separate_numbers():
     assert row.split()[3:] == ["1", "7767417.7", "5825563.0", "1.51e+07", "17476689"]
 
 
+@pytest.mark.slow  # tokenizes a 50 MB row
 def test_a_huge_row_is_cut_before_tokenizing_with_the_same_ids(tiny_tokenizer, monkeypatch):
     from trainer.data import tokenize
 
@@ -493,6 +497,7 @@ def test_a_50_mb_row_is_prepared_in_under_1_gb(tmp_path):
     assert peak < 1e9, f"{peak / 2**20:.0f} MiB"
 
 
+@pytest.mark.slow  # trains and interrupts a run
 def test_ctrl_c_writes_interrupted_and_exits_130_then_resumes(tmp_path, cache_dir):
     import signal
     import time
@@ -517,6 +522,7 @@ def test_ctrl_c_writes_interrupted_and_exits_130_then_resumes(tmp_path, cache_di
     assert [s for s, _ in losses(tmp_path)] == list(range(1, 101))  # every step once
 
 
+@pytest.mark.slow  # trains the tiny model twice
 def test_a_full_disk_at_checkpoint_time_is_one_paragraph_and_the_rerun_recovers(tmp_path, cache_dir):
     """The file size limit (RLIMIT_FSIZE) makes the kernel refuse writes past 200 KB, as a full disk would:
     the tiny model's adapter (131 KB) is written, its optimizer state (~200 KB) is cut short."""
@@ -647,6 +653,7 @@ def test_a_wandb_refusal_is_one_paragraph():
     assert explain_wandb_error(ValueError("x")) is None
 
 
+@pytest.mark.slow  # loads and runs the tiny model
 def test_max_new_tokens_beyond_the_context_is_one_paragraph(tmp_path, cache_dir):
     result = hydratune(
         "eval", *TINY, "eval.generation.max_new_tokens=100000", f"hydra.run.dir={tmp_path}", cache=cache_dir

@@ -64,6 +64,7 @@ def test_dry_run_prints_the_launch_command_and_settings(tmp_path, cache_dir):
     assert not (tmp_path / "config.yaml").exists()  # nothing started
 
 
+@pytest.mark.slow  # a launcher process
 def test_refuses_to_start_on_the_cpu(tmp_path, cache_dir):
     result = hydratune(*TINY, "hardware.num_processes=2", f"hydra.run.dir={tmp_path}", cache=cache_dir)
     assert result.returncode == 2

@@ -180,6 +180,7 @@ def runs_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("objectives")
 
 
+@pytest.mark.slow  # trains the tiny model
 @pytest.mark.parametrize("objective", list(RUNS))
 def test_objective_trains_with_recorded_losses_and_reports_its_metric(objective, runs_root, cache_dir):
     # Recorded from seeded runs on CPU (torch 2.13, transformers 5.24, trl 1.16, one thread): the tiny model,
@@ -212,11 +213,8 @@ def kill_after_first_checkpoint(objective: str, run_dir: Path, cache: Path) -> N
     assert not (run_dir / "metrics.json").exists(), "the run finished before it was killed"
 
 
-def _resume_marks(objective: str) -> list:
-    return [] if objective == "dpo" else [pytest.mark.slow]
-
-
-@pytest.mark.parametrize("objective", [pytest.param(o, marks=_resume_marks(o)) for o in RUNS])
+@pytest.mark.slow  # trains and kills the tiny model
+@pytest.mark.parametrize("objective", list(RUNS))
 def test_killed_run_resumes_to_the_same_final_loss(objective, runs_root, cache_dir, tmp_path):
     straight = straight_run(objective, runs_root, cache_dir)
     resumed = tmp_path / "resumed"

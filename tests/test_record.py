@@ -76,6 +76,7 @@ def test_answers_become_a_chat_dataset_in_the_prompts_order(fake, tmp_path):
     assert len(loaded.train) == 12  # it trains as it is
 
 
+@pytest.mark.slow  # kills a run
 def test_killed_midway_then_rerun_sends_no_prompt_twice(fake, tmp_path, composed):
     write_chat_dataset(tmp_path / "data.jsonl", 40, fake)
     out = tmp_path / "recorded.jsonl"

@@ -52,6 +52,7 @@ def test_dry_run_prints_a_task_that_skypilot_parses(tmp_path, cache_dir):
     assert not (tmp_path / "run" / "config.yaml").exists()  # nothing written, nothing launched
 
 
+@pytest.mark.slow  # trains the tiny model
 def test_launch_runs_the_real_task_and_syncs_the_run_dir_back(tmp_path, cache_dir, monkeypatch):
     from omegaconf import open_dict
 

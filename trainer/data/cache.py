@@ -136,17 +136,20 @@ def _sha256(path: Path) -> str:
 def verify(folder: Path) -> None:
     """Raise :class:`Damaged` naming the first file whose size or content differs from the manifest."""
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        entries = json.loads((folder / MANIFEST).read_text())["files"]
+        manifest = {name: (entry["size"], entry["sha256"]) for name, entry in entries.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise Damaged(f"{MANIFEST} unreadable ({exc.__class__.__name__})") from None
     for name in FILES:
-        path, want = folder / name, manifest.get(name) or {}
+        path = folder / name
         if not path.is_file():
             raise Damaged(f"{name} is missing")
-        size = path.stat().st_size
-        if size != want.get("size"):
-            raise Damaged(f"{name} has {size} bytes, the manifest says {want.get('size')}")
-        if _sha256(path) != want.get("sha256"):
+        if name not in manifest:
+            raise Damaged(f"{name} is not in the manifest")
+        size, sha256 = manifest[name]
+        if path.stat().st_size != size:
+            raise Damaged(f"{name} has {path.stat().st_size} bytes, the manifest says {size}")
+        if _sha256(path) != sha256:
             raise Damaged(f"{name} content differs from its manifest hash (edited or garbled)")
 
 

@@ -100,6 +100,12 @@ def _object(row: Any) -> dict:
     return row
 
 
+def _cell(row: dict, key: str) -> Any:
+    """The value under ``key``; None when the key is absent or null, which are one case here because Arrow stores
+    a key that some rows lack as null in the rows that lack it."""
+    return row.get(key)
+
+
 def _type(value: Any) -> str:
     names = {dict: "an object", list: "a list", str: "a string", type(None): "null", bool: "a boolean"}
     names |= {int: "a number", float: "a number"}
@@ -126,7 +132,7 @@ def _chat(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
 
     def normalise(row: Any) -> dict:
         row = _object(row)
-        if row.get(key) is None:  # absent, or null (how Arrow stores an absent key)
+        if _cell(row, key) is None:
             raise Invalid(f"no '{key}' list (keys: {_keys(row)})")
         if len(row) > 1:
             _count_ignored(row, used, ignored)
@@ -141,7 +147,7 @@ def _chat(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
         answered = False
         for i, message in enumerate(value, 1):
             if type(message) is dict and len(message) == 2:  # the common {role, content}: checked inline
-                role, content = message.get(role_key), message.get(content_key)
+                role, content = _cell(message, role_key), _cell(message, content_key)
                 if type(role) is str and role in roles and type(content) is str and content and not content.isspace():
                     role = roles[role]
                     out.append({"role": role, "content": content})
@@ -150,8 +156,9 @@ def _chat(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
             if not isinstance(message, dict):
                 problems.append(f"message {i} is not an object (got {_type(message)})")
                 continue
-            if message.get("weight", 0) is None or message.get("name", "") is None:  # Arrow pads absent keys
-                message = {k: v for k, v in message.items() if v is not None or k not in ("weight", "name")}
+            padded = [k for k in ("weight", "name") if k in message and message[k] is None]  # Arrow's absent keys
+            if padded:
+                message = {k: v for k, v in message.items() if k not in padded}
             problem = _message_problem(message, i, role_key, content_key, allowed_keys, roles)
             if problem:
                 problems.append(problem)
@@ -328,25 +335,17 @@ def _preference(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
     chat = _chat({"messages": "messages", "role": "role", "content": "content"}, roles, Counter())
     used = set(columns.values())
 
-    def turns(row: dict, field: str, role: str, need_assistant: bool) -> list[dict]:
-        value = row.get(columns[field])
-        if isinstance(value, str):
-            if not value.strip():
-                raise Invalid(f"'{columns[field]}' is empty")
-            return [{"role": role, "content": value}]
-        if value is None:
-            raise Invalid(f"no '{columns[field]}' field (keys: {_keys(row)})")
-        return chat.messages(value, columns[field], need_assistant)  # type: ignore[attr-defined]
-
     def normalise(row: Any) -> dict:
         row = _object(row)
         _count_ignored(row, used, ignored)
-        if columns["prompt"] not in row and all(isinstance(row.get(columns[k]), str) for k in ("chosen", "rejected")):
+        if columns["prompt"] not in row and all(
+            isinstance(_cell(row, columns[k]), str) for k in ("chosen", "rejected")
+        ):
             return _split_texts(row[columns["chosen"]], row[columns["rejected"]], columns["prompt"])
-        chosen = turns(row, "chosen", "assistant", True)
-        rejected = turns(row, "rejected", "assistant", True)
+        chosen = _turns(chat, row, columns["chosen"], "assistant", True)
+        rejected = _turns(chat, row, columns["rejected"], "assistant", True)
         if columns["prompt"] in row:
-            prompt = turns(row, "prompt", "user", False)
+            prompt = _turns(chat, row, columns["prompt"], "user", False)
         else:  # implicit prompt: the shared beginning of chosen and rejected
             n = 0
             while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
@@ -390,7 +389,7 @@ def _split_texts(chosen: str, rejected: str, prompt_column: str) -> dict:
 
 def _turns(chat: Normaliser, row: dict, column: str, role: str, need_assistant: bool) -> list[dict]:
     """A string (one message of ``role``) or a list of messages."""
-    value = row.get(column)
+    value = _cell(row, column)
     if isinstance(value, str):
         if not value.strip():
             raise Invalid(f"'{column}' is empty")
@@ -409,7 +408,7 @@ def _unpaired(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
         _count_ignored(row, used, ignored)
         prompt = _turns(chat, row, columns["prompt"], "user", False)
         completion = _turns(chat, row, columns["completion"], "assistant", True)
-        label = row.get(columns["label"])
+        label = _cell(row, columns["label"])
         if not isinstance(label, bool):
             raise Invalid(f"'{columns['label']}' must be true (a good answer) or false (a bad one), got {label!r}")
         if prompt[-1]["role"] == "assistant":
@@ -426,7 +425,7 @@ def _prompt(columns: dict, roles: dict, ignored: Counter) -> Normaliser:
     def normalise(row: Any) -> dict:
         row = _object(row)
         _count_ignored(row, used, ignored)
-        raw = row.get(columns["prompt"])
+        raw = _cell(row, columns["prompt"])
         prompt = raw if isinstance(raw, str) and raw.strip() else _turns(chat, row, columns["prompt"], "user", False)
         if isinstance(prompt, list) and prompt[-1]["role"] == "assistant":
             raise Invalid("the prompt ends with an assistant message; it should end with the user's turn")

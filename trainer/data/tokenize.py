@@ -123,10 +123,10 @@ class Encoder:
     # detected (and rows are checked against a full rendering now and then); they always take the slow path.
 
     def _fast_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-        key = tuple((m["role"], m.get("name")) for m in messages)
-        skeleton = self._skeletons.get(key)
-        if skeleton is None:
-            skeleton = self._skeletons[key] = self._skeleton(key) or False
+        key = tuple((m["role"], m["name"] if "name" in m else None) for m in messages)
+        if key not in self._skeletons:
+            self._skeletons[key] = self._skeleton(key) or False
+        skeleton = self._skeletons[key]
         if not isinstance(skeleton, tuple):
             return self._slow_spans(messages)
         pieces, bounds = skeleton
@@ -312,7 +312,7 @@ class Encoder:
                 and getattr(self.tokenizer, "add_bos_token", False)
             ):
                 ids, starts = [self.tokenizer.bos_token_id], [0]
-            cuts = sorted({0, len(text), *self._cuts.get(text, ())})
+            cuts = sorted({0, len(text), *self._cuts[text]})
             for a, b in zip(cuts, cuts[1:], strict=False):
                 piece = self.tokenizer.encode(text[a:b], add_special_tokens=False)
                 ids += piece

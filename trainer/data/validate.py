@@ -125,8 +125,8 @@ def _duplicate_key(row: dict) -> str | tuple:
     A chat row whose messages all have exactly a role and a (string) content is keyed by its (role, content) pairs;
     every other row by its canonical JSON, which never equals a tuple.
     """
-    messages = row.get("messages")
-    if len(row) == 1 and type(messages) is list:
+    messages = row["messages"] if len(row) == 1 and "messages" in row else None
+    if type(messages) is list:
         try:
             key = tuple([(m["role"], m["content"]) for m in messages])
         except (KeyError, TypeError):
