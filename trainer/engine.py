@@ -22,6 +22,7 @@ from trainer import (
     evaluation,
     judge,
     loggers,
+    memory,
     models,
     objectives,
     regression,
@@ -105,6 +106,7 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
     if cfg.eval.enabled and cfg.eval.compare_base:
         with before_training(trainer):
             results.update(base_sections(cfg, trainer, tokenizer, held_out, model_path, prepared, main))
+        memory.release()  # the evaluation's freed buffers, before training allocates its own
 
     checkpoint = last_checkpoint(run_dir)
     if checkpoint:
@@ -121,6 +123,7 @@ def train(cfg: DictConfig, run_dir: Path, device: str) -> dict:
             merged.save_pretrained(run_dir / "merged")
             tokenizer.save_pretrained(run_dir / "merged")
 
+    memory.release()  # training's freed activations, before evaluation allocates its own
     if cfg.eval.enabled:  # on every rank: evaluation is collective (sharded loss; ZeRO-3 gathers weights to generate)
         base = results.get("base")
         results["finetuned"] = objectives.evaluate(trainer, tokenizer, cfg, held_out, "finetuned", base)
