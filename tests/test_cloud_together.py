@@ -117,6 +117,7 @@ def test_end_to_end_weights_downloaded_loaded_and_evaluated_here(fake, tmp_path,
     assert API_KEY not in caplog.text + "".join(capsys.readouterr())
 
 
+@pytest.mark.slow  # loads and evaluates the downloaded (tiny) model
 def test_full_fine_tuning_downloads_a_whole_model(fake, tmp_path, cache_dir):
     cfg = together_cfg(tmp_path, cache_dir, "method=full", "hardware.lora=false", "eval.compare_base=false")
     cloud.run(cfg, "train")
