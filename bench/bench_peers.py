@@ -231,14 +231,11 @@ def main() -> None:
     ensure_lf_venv(venv, args.torch_index)
 
     import torch
-    from hydra import compose, initialize_config_module
 
     from trainer import schema
     from trainer.models import resolve_path
 
-    schema.register()
-    with initialize_config_module("conf", version_base="1.3"):
-        cfg = compose("config", overrides=[f"cache_dir={args.cache}"])
+    cfg = schema.compose([f"cache_dir={args.cache}"])
     model_dir = resolve_path(cfg.model, args.cache)  # converts the GGUF once
     threads = str(args.threads or len(os.sched_getaffinity(0)))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -165,11 +165,8 @@ def model_tokenizer(cache: Path):
 
 def provider_config(data: Path, out: Path):
     """The config `hydratune prepare hardware=openai model=gpt_4o_mini dataset=chat_jsonl ...` composes."""
-    from hydra import compose, initialize_config_module
-
     from trainer import schema
 
-    schema.register()
     overrides = [
         "hardware=openai",
         "model=gpt_4o_mini",
@@ -179,8 +176,7 @@ def provider_config(data: Path, out: Path):
         "dataset.validation_size=0",  # every row validated and counted, as the cookbook does
         f"output_dir={out}",
     ]
-    with initialize_config_module("conf", version_base="1.3"):
-        return compose("config", overrides=overrides)
+    return schema.compose(overrides)
 
 
 def provider_prepare(cfg, out: Path):

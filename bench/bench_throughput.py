@@ -83,15 +83,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
 
-    from hydra import compose, initialize_config_module
-
     from trainer import schema
     from trainer.models import resolve_path
 
-    schema.register()
     cache = os.environ.get("HYDRATUNE_CACHE", str(Path.home() / ".cache" / "hydratune"))
-    with initialize_config_module("conf", version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={args.model}", f"cache_dir={cache}"])
+    cfg = schema.compose([f"model={args.model}", f"cache_dir={cache}"])
     model_dir = resolve_path(cfg.model, cache)
     data = cfg.dataset.path
     threads = str(os.cpu_count())

@@ -15,14 +15,9 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 
 def compose(*overrides: str):
     """The config `hydratune` would compose for these overrides (no Hydra run dir)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
     from trainer import schema
 
-    schema.register()
-    with initialize_config_module("conf", version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides), return_hydra_config=False)
+    return schema.compose(list(overrides))
 
 
 def hydratune(*args: str, cache: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

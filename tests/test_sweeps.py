@@ -38,13 +38,9 @@ def logs(sweep_dir: Path) -> list[str]:
 
 
 def compose_with_hydra(*overrides: str):
-    from hydra import compose, initialize_config_module
-
     from trainer import schema
 
-    schema.register()
-    with initialize_config_module("conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=True)
+    return schema.compose(list(overrides), hydra_node=True)
 
 
 # ---------------------------------------------------------------- a 4-run grid

@@ -155,11 +155,8 @@ def _help(overrides: list[str]) -> None:
 
 def _compose(overrides: list[str]) -> DictConfig:
     """The config these overrides compose, outside a run (composition errors become one paragraph)."""
-    from hydra import compose, initialize_config_module
-
     try:
-        with initialize_config_module("conf", version_base="1.3"):
-            return compose("config", overrides=overrides)
+        return schema.compose(overrides)
     except Exception as exc:  # noqa: BLE001 - composition errors become one paragraph, as for a run
         if not _is_composition_error(exc):
             raise

@@ -247,8 +247,6 @@ def command_config(command: str, args: list[str]) -> tuple[str, Any, list[str]]:
     """(target, config, flags) for ``hydratune serve|export TARGET [OVERRIDES] [--FLAGS]``: TARGET is the run dir
     (``hydra.run.dir=RUN`` or a bare path) or a model/adapter folder. The config is composed from the overrides
     with Hydra's compose API and checked, but no Hydra job runs: nothing is written into the run dir."""
-    from hydra import compose, initialize_config_module
-
     from trainer import schema
     from trainer.config_checks import check_config
 
@@ -261,9 +259,7 @@ def command_config(command: str, args: list[str]) -> tuple[str, Any, list[str]]:
             f"`hydratune {command}` needs one run dir or model folder: `hydratune {command} hydra.run.dir=RUN` "
             f"(got {len(targets)})."
         )
-    schema.register()
-    with initialize_config_module("conf", version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = schema.compose(overrides)
     check_config(cfg)
     return targets[0], cfg, flags
 

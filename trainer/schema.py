@@ -855,6 +855,18 @@ def register() -> None:
 register()
 
 
+def compose(overrides: list[str], hydra_node: bool = False) -> Any:
+    """The config ``hydratune OVERRIDES`` composes, through Hydra's compose API: no Hydra job runs and no run dir is
+    made (the commands that act on a finished run, `hydratune record`, tests and benchmarks). ``hydra_node``: keep
+    the ``hydra`` node (sweeper and launcher settings). Composition errors are raised as Hydra raises them."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    register()
+    with initialize_config_module("conf", version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides), return_hydra_config=hydra_node)
+
+
 def dataset_schema(node: Any) -> DatasetSchema:
     """``cfg.dataset`` as a DatasetSchema object (mix items as SourceSchema objects), whether it was composed, loaded
     from a run dir's config.yaml or written as a dict: every default comes from the schema, once."""

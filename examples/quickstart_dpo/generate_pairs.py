@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hydra import compose, initialize_config_module
-
 from trainer import evaluation, models, schema
 
 ASSETS = Path(__file__).resolve().parents[2] / "trainer" / "assets" / "quickstart"
@@ -28,9 +26,7 @@ def wrong(reference: str) -> str:
 
 
 def main() -> None:
-    schema.register()
-    with initialize_config_module("conf", version_base="1.3"):
-        cfg = compose("config", overrides=["model=smollm2_135m", f"eval.generation.max_new_tokens={MAX_NEW_TOKENS}"])
+    cfg = schema.compose(["model=smollm2_135m", f"eval.generation.max_new_tokens={MAX_NEW_TOKENS}"])
     path = models.resolve_path(cfg.model, cfg.cache_dir)  # $HYDRATUNE_CACHE
     tokenizer, _ = models.load_tokenizer(cfg.model, path)
     dtype, why = models.resolve_dtype(cfg.model.dtype, "cpu")  # as the report's base evaluation loads it

@@ -130,16 +130,11 @@ def main(args: list[str]) -> None:
 
 
 def compose(overrides: list[str]) -> DictConfig:
-    """The config these overrides compose (Hydra's compose API: no run dir), its keys and ranges checked."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
+    """The config these overrides compose (no run dir), its keys and ranges checked."""
     from trainer import schema
     from trainer.config_checks import check_schema
 
-    schema.register()
-    with initialize_config_module("conf", version_base="1.3"):
-        cfg = hydra_compose("config", overrides=overrides)
+    cfg = schema.compose(overrides)
     check_schema(cfg)
     return cfg
 
