@@ -123,7 +123,7 @@ def test_the_estimate_and_its_cap_come_before_any_request(fake, tmp_path, capsys
         record.record(config(composed, fake, tmp_path / "data.jsonl", out, **priced, **{"record.max_usd": 0.001}))
     assert fake.counters["chat"] == 0
     line = capsys.readouterr().out
-    # 10 prompts x (3 + 2 x (3 + words)) tokens, answers 512 tokens each at most: (tokens x 0.3 + 5120 x 1.2) / 1e6
+    # 10 prompts x (3 + 2 x (3 + role + words)) tokens, answers 512 tokens each at most: (tokens x 0.3 + 5120 x 1.2) / 1e6
     tokens = int(line.split("prompts to send: ")[1].split(" prompt tokens")[0].replace(",", ""))
     assert f"at most {(tokens * 0.3 + 5120 * 1.2) / 1e6:.4f} USD" in line and "tiktoken o200k_base" in line
     record.record(config(composed, fake, tmp_path / "data.jsonl", out, **priced, **{"record.max_usd": 0.01}))

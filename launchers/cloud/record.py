@@ -31,7 +31,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -380,10 +379,12 @@ def _row_key(row: dict, seen: Counter[str]) -> str:
 
 
 def estimate_cost(todo: list[Prompt], endpoint: Any, max_tokens: int) -> Estimate:
-    count, tokenizer = _counter()
-    prompt_tokens = sum(_message_tokens(p.messages, count) for p in todo)
+    from launchers.cloud.tokens import message_tokens
+
+    enc, tokenizer = _encoding()
+    prompt_tokens = sum(message_tokens(p.messages, enc) for p in todo)  # as billed: roles and names count too
     references = [p.reference for p in todo]
-    expected = sum(count(r) for r in references if r) if todo and all(references) else None
+    expected = sum(len(enc.encode_ordinary(r)) for r in references if r) if todo and all(references) else None
     usd_in, usd_out = endpoint.usd_per_million_input_tokens, endpoint.usd_per_million_output_tokens
     priced = usd_in is not None
     answer_max = max_tokens * len(todo)
@@ -399,22 +400,22 @@ def estimate_cost(todo: list[Prompt], endpoint: Any, max_tokens: int) -> Estimat
     )
 
 
-def _counter() -> tuple[Callable[[str], int], str]:
-    """Tokens of a text: tiktoken's o200k_base (OpenAI's gpt-4o encoding; other models' tokenizers differ a little),
-    or 4 characters a token where tiktoken's offline copy is not installed."""
+class _FourCharactersAToken:
+    """Stands in for a tiktoken encoding where tiktoken's offline copy is not installed."""
+
+    def encode_ordinary(self, text: str) -> range:
+        return range(max(1, len(text) // 4))
+
+
+def _encoding() -> tuple[Any, str]:
+    """(the encoding prompts are counted with, its name): tiktoken's o200k_base (OpenAI's gpt-4o encoding; other
+    models' tokenizers differ a little), or 4 characters a token."""
     try:
         from launchers.cloud.tokens import get_encoding
 
-        enc = get_encoding("o200k_base")
+        return get_encoding("o200k_base"), "tiktoken o200k_base"
     except (ImportError, UserError):
-        return (lambda text: max(1, len(text) // 4)), "approximated as 4 characters a token"
-    return (lambda text: len(enc.encode_ordinary(text))), "tiktoken o200k_base"
-
-
-def _message_tokens(messages: list[dict[str, str]], count: Callable[[str], int]) -> int:
-    from launchers.cloud.tokens import TOKENS_PER_CONVERSATION, TOKENS_PER_MESSAGE
-
-    return TOKENS_PER_CONVERSATION + sum(TOKENS_PER_MESSAGE + count(m["content"]) for m in messages)
+        return _FourCharactersAToken(), "approximated as 4 characters a token"
 
 
 # ---------------------------------------------------------------- sending
