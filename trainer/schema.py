@@ -857,8 +857,8 @@ register()
 
 def compose(overrides: list[str], hydra_node: bool = False) -> Any:
     """The config ``hydratune OVERRIDES`` composes, through Hydra's compose API: no Hydra job runs and no run dir is
-    made (the commands that act on a finished run, `hydratune record`, tests and benchmarks). ``hydra_node``: keep
-    the ``hydra`` node (sweeper and launcher settings). Composition errors are raised as Hydra raises them."""
+    made (``--help`` and ``--cfg``, serve, export, record, tests and benchmarks). ``hydra_node``: keep the ``hydra``
+    node (sweeper and launcher settings). Composition errors are raised as Hydra raises them."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
