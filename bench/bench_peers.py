@@ -232,7 +232,7 @@ def main() -> None:
 
     import torch
 
-    from trainer import schema
+    from trainer.config import schema
     from trainer.models import resolve_path
 
     cfg = schema.compose([f"cache_dir={args.cache}"])

@@ -165,7 +165,7 @@ def model_tokenizer(cache: Path):
 
 def provider_config(data: Path, out: Path):
     """The config `hydratune prepare hardware=openai model=gpt_4o_mini dataset=chat_jsonl ...` composes."""
-    from trainer import schema
+    from trainer.config import schema
 
     overrides = [
         "hardware=openai",
@@ -194,8 +194,8 @@ def provider_prepare(cfg, out: Path):
 def local_prepare(data: Path, tmp: Path, cache: Path):
     from omegaconf import OmegaConf
 
+    from trainer.config.schema import DatasetSchema
     from trainer.data import run_prepare
-    from trainer.schema import DatasetSchema
 
     tokenizer, name = model_tokenizer(cache)
     dataset = OmegaConf.merge(

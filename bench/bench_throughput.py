@@ -83,7 +83,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
 
-    from trainer import schema
+    from trainer.config import schema
     from trainer.models import resolve_path
 
     cache = os.environ.get("HYDRATUNE_CACHE", str(Path.home() / ".cache" / "hydratune"))

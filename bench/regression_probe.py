@@ -1,5 +1,5 @@
 """The general-ability regression probe (eval.regression) on a run that finished without it: the run's base model and
-its fine-tuned adapter are asked the probe with the engine's own code (trainer.regression), each timed, so the README
+its fine-tuned adapter are asked the probe with the engine's own code (trainer.evaluation.regression), each timed, so the README
 can say what the probe finds on SmolLM2 and what turning it on adds to the default job.
 
     python bench/regression_probe.py RUN_DIR [--probe general] [--write]
@@ -29,7 +29,9 @@ def main() -> None:
     from omegaconf import OmegaConf
     from peft import PeftModel
 
-    from trainer import models, regression, report_command
+    from trainer import models
+    from trainer.evaluation import regression
+    from trainer.report import command as report_command
 
     started = time.perf_counter()
     cfg = OmegaConf.load(args.run_dir / "config.yaml")

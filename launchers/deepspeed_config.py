@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainer.errors import UserError
+from trainer.config.errors import UserError
 
 if TYPE_CHECKING:  # imported by bench/gpu_check.py on machines without omegaconf
     from omegaconf import DictConfig
@@ -76,7 +76,7 @@ def load_user_config(path: str) -> dict:
 
 
 def write(config: dict, run_dir: Path) -> Path:
-    from trainer import atomic
+    from trainer.run import atomic
 
     path = run_dir / "deepspeed.json"
     atomic.write_json(path, config)

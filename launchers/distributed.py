@@ -23,9 +23,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from launchers import deepspeed_config, fsdp
-from trainer import rundir
-from trainer.errors import UserError
-from trainer.threads import threads_per_process
+from trainer.config.errors import UserError
+from trainer.run import rundir
+from trainer.run.threads import threads_per_process
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def worker_settings(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, dict |
 
 
 def check(cfg: DictConfig) -> None:
-    """The rules that need this launcher's own code (run by trainer.config_checks.check_config, after the rules
+    """The rules that need this launcher's own code (run by trainer.config.checks.check_config, after the rules
     every distributed config must pass)."""
     if cfg.hardware.fsdp is not None:
         fsdp.check(cfg)
@@ -177,7 +177,8 @@ def print_dry_run(cmd: list[str], env: dict[str, str], ds: dict | None, sharding
 
 def prepare_once(cfg: DictConfig, run_dir: Path, node: int) -> None:
     """Resolved config into the run dir, model files and tokenized dataset into the cache, before any worker."""
-    from trainer import data, models, objectives
+    from trainer import data, models
+    from trainer.engine import objectives
 
     if not cfg.dataset.use_cache:
         log.warning("dataset.use_cache=false: the workers still read the dataset the parent prepares from the cache")

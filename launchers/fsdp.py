@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from trainer.errors import UserError
+from trainer.config.errors import UserError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -78,7 +78,7 @@ def check(cfg: DictConfig) -> None:
         )
     if method.quantization is not None:
         raise UserError(
-            f"method={method.name} (4-bit bitsandbytes base weights) is not supported with hardware=fsdp here. "
+            f"method={method.name} (bitsandbytes-quantized base weights) is not supported with hardware=fsdp here. "
             "Use method=lora with hardware=fsdp, or method=qlora with hardware=ddp."
         )
     if cfg.train.get("activation_checkpointing") and hw.fsdp.activation_checkpointing:

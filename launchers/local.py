@@ -8,9 +8,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainer import rundir
-from trainer.errors import UserError
-from trainer.threads import threads_per_process
+from trainer.config.errors import UserError
+from trainer.run import rundir
+from trainer.run.threads import threads_per_process
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def pick_device(hardware: DictConfig, needs_cuda: bool) -> str:
 
 
 def set_threads(hardware: DictConfig, processes: int = 1) -> int:
-    """Every core this process may use, shared among ``processes`` (trainer.threads), unless hardware.threads says
+    """Every core this process may use, shared among ``processes`` (trainer.run.threads), unless hardware.threads says
     otherwise (accelerate and others default to one thread: ~1.8x slower)."""
     import torch
 
@@ -61,7 +61,7 @@ def run(cfg: DictConfig, command: str) -> None:
     skip_deepspeed_probe(cfg)
     run_dir = rundir.start(cfg, Path(cfg.output_dir), command)  # eval of a finished run: a new sub-dir of it
     if command == "prepare":  # nothing trains: a GPU config is estimated on a machine without one too
-        from trainer import commands
+        from trainer.engine import commands
 
         device = "cuda" if cfg.hardware.device == "cuda" else pick_device(cfg.hardware, needs_cuda=False)
         set_threads(cfg.hardware)
@@ -70,6 +70,6 @@ def run(cfg: DictConfig, command: str) -> None:
     device = pick_device(cfg.hardware, needs_cuda=cfg.method.quantization is not None)
     threads = set_threads(cfg.hardware)
     log.info("hardware=%s: device %s, %d threads", cfg.hardware.name, device, threads)
-    from trainer import engine
+    from trainer.engine import pipeline as engine
 
     (engine.evaluate_only if command == "eval" else engine.train)(cfg, run_dir, device)

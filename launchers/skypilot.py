@@ -25,9 +25,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainer import atomic, rundir
-from trainer.errors import UserError
-from trainer.schema import DistributedHardwareSchema, hardware_schema
+from trainer.config.errors import UserError
+from trainer.config.schema import DistributedHardwareSchema, hardware_schema
+from trainer.run import atomic, rundir
 
 log = logging.getLogger(__name__)
 

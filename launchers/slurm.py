@@ -31,10 +31,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from trainer import atomic
-from trainer.errors import UserError
-from trainer.schema import DistributedHardwareSchema, hardware_schema
-from trainer.threads import threads_per_process
+from trainer.config.errors import UserError
+from trainer.config.schema import DistributedHardwareSchema, hardware_schema
+from trainer.run import atomic
+from trainer.run.threads import threads_per_process
 
 log = logging.getLogger(__name__)
 

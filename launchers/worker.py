@@ -82,7 +82,7 @@ def run(run_dir: Path, rank: int) -> None:
         threads,
         run_dir / "config.yaml",
     )
-    from trainer import engine
+    from trainer.engine import pipeline as engine
 
     assert isinstance(cfg, DictConfig), f"{run_dir / 'config.yaml'} does not hold a mapping"
     skip_deepspeed_probe(cfg)  # unless train.deepspeed: the parent sets it for every DeepSpeed run

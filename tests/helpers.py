@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,14 +16,25 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 
 def compose(*overrides: str):
     """The config `hydratune` would compose for these overrides (no Hydra run dir)."""
-    from trainer import schema
+    from trainer.config import schema
 
     return schema.compose(list(overrides))
 
 
-def hydratune(*args: str, cache: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the `hydratune` command as a user would, in a subprocess."""
+def hydratune(
+    *args: str, cache: Path, env: dict | None = None, timeout: int = 600, fresh: bool = False
+) -> subprocess.CompletedProcess:
+    """Run the `hydratune` command as a user would, in a process of its own: a child of the warm server
+    (tests/warm.py: torch and the other libraries already imported, hydratune not), or a fresh interpreter where a fork
+    would differ (an environment variable the libraries read at import), with ``fresh=True``, or everywhere with
+    HYDRATUNE_TEST_FRESH=1."""
     full_env = {**os.environ, "HYDRATUNE_CACHE": str(cache), **(env or {})}
+    if not fresh and not os.environ.get("HYDRATUNE_TEST_FRESH"):
+        from tests import warm
+
+        done = warm.run(list(args), full_env, REPO, timeout)
+        if done is not None:
+            return done
     return subprocess.run(
         [sys.executable, "-m", "trainer.cli", *args],
         capture_output=True,
@@ -36,8 +48,8 @@ def hydratune(*args: str, cache: Path, env: dict | None = None, timeout: int = 6
 def compose_checked(*overrides: str):
     """:func:`compose`, with composition errors (an unknown key, a value outside a closed choice) rewritten into the
     UserError paragraph the CLI prints."""
-    from trainer.compose_errors import explain_composition_error
-    from trainer.errors import UserError
+    from trainer.config.compose_errors import explain_composition_error
+    from trainer.config.errors import UserError
 
     try:
         return compose(*overrides)
@@ -69,3 +81,70 @@ def preference_examples():
         "rejected": [{"role": "assistant", "content": "flour"}],
     }
     return SimpleNamespace(train=[pair] * 8, validation=[pair] * 2, skipped=[], warnings=[])
+
+
+def cli_run(capsys, *argv: str) -> tuple[int, str, str]:
+    """``hydratune ARGV`` in this process: (exit code, stdout, stderr)."""
+    from trainer import cli
+
+    try:
+        cli.main(list(argv))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def kill_9_once_a_job_exists(
+    fake, argv: list[str], env: dict, run_dir: Path, log_file: Path
+) -> subprocess.CompletedProcess:
+    """A provider run killed with SIGKILL as soon as ``fake`` has created its job (the fake's ``create_delay_s`` holds
+    the answer), checked to have recorded its upload but no job id, then the same command run again to the end."""
+    import json
+    import signal
+    import time
+
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 60
+            while fake.counters["jobs_created"] == 0:
+                assert time.monotonic() < deadline and proc.poll() is None, log_file.read_text()
+                time.sleep(0.02)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    state = json.loads((run_dir / "cloud_state.json").read_text())
+    assert state["job"] is None and len(state["files"]) == 1, state
+    fake.create_delay_s = 0.0
+    return subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@contextmanager
+def served_cli(args: list[str], state: Path, log_file: Path, cache: Path):
+    """``hydratune serve ARGS`` in a subprocess until ``state`` (its serve.json) appears: (process, state); stopped
+    with SIGTERM at the end (killed if it does not stop within 40 s)."""
+    import json
+    import signal
+    import time
+
+    env = {**os.environ, "HYDRATUNE_CACHE": str(cache)}
+    with open(log_file, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "trainer.cli", "serve", *args],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 240
+            while not state.is_file() and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.3)
+            assert state.is_file(), log_file.read_text()[-3000:]
+            yield process, json.loads(state.read_text())
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(40)
+                except subprocess.TimeoutExpired:
+                    process.kill()

@@ -10,12 +10,23 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from tests.helpers import ASSETS, REPO, compose, hydratune
-from trainer import autotrain
-from trainer.config_checks import check_config
-from trainer.errors import UserError
+from tests.helpers import ASSETS, REPO, cli_run, compose, hydratune
+from trainer.config.checks import check_config
+from trainer.config.errors import UserError
+from trainer.tools import autotrain
 
 AUTOTRAIN = ASSETS / "autotrain"
+
+
+@pytest.fixture(autouse=True)
+def _a_gpu_machine(monkeypatch):
+    """The conversions are checked in this process as on the GPU machine they are written for (bitsandbytes
+    installed, a GPU); what this machine lacks is trainer.config.machine's business (tests/test_machine.py). The
+    hydratune processes that train here are not patched: they pass this CPU's overrides."""
+    from trainer.config import machine
+
+    monkeypatch.setattr(machine, "installed", lambda module: True)
+    monkeypatch.setattr(machine, "runs_on_cpu", lambda cfg: False)
 
 
 def converted(tmp_path: Path, asset: str, *overrides: str, spec: dict | None = None):
@@ -275,3 +286,33 @@ def test_the_examples_autotrain_config_converts(tmp_path, monkeypatch):
         512,
         2e-4,
     )
+
+
+def _push_experiment(tmp_path: Path) -> None:
+    spec = yaml.safe_load((AUTOTRAIN / "peft_int4.yml").read_text())  # hub.username: ${HF_USERNAME}, push_to_hub
+    (tmp_path / "experiment").mkdir(exist_ok=True)
+    (tmp_path / "experiment" / "push.yaml").write_text(autotrain.convert(spec, "peft_int4.yml"))
+
+
+def test_push_to_hub_without_hf_username_refuses_naming_the_variable(tmp_path, monkeypatch, capsys):
+    _push_experiment(tmp_path)
+    assert "HF_USERNAME" in (tmp_path / "experiment" / "push.yaml").read_text().split("defaults:")[0]  # the header
+    monkeypatch.delenv("HF_USERNAME", raising=False)
+    code, _, err = cli_run(capsys, "--cfg", "job", "experiment=push", f"hydra.searchpath=[file://{tmp_path}]")
+    assert code == 2
+    assert err.count("\n") == 1 and "environment variable HF_USERNAME" in err and "train.hub_model_id" in err
+    monkeypatch.setenv("HF_USERNAME", "someone")
+    code, out, err = cli_run(capsys, "--cfg", "job", "experiment=push", f"hydra.searchpath=[file://{tmp_path}]")
+    assert code == 0, err
+    assert "hub_model_id: ${oc.env:HF_USERNAME}/codellama-sql-qlora" in out  # resolved when the run starts
+
+
+def test_method_lora_over_a_converted_qlora_experiment_drops_the_quantization(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_USERNAME", "someone")
+    _push_experiment(tmp_path)
+    searchpath = f"hydra.searchpath=[file://{tmp_path}]"
+    assert compose("experiment=push", searchpath).method.quantization.bnb_4bit_compute_dtype == "float16"
+    cfg = compose("experiment=push", searchpath, "method=lora")
+    assert (cfg.method.name, cfg.method.quantization, cfg.method.peft.r) == ("lora", None, 256)
+    check_config(compose("experiment=push", searchpath, "method=lora", "hardware=cpu", "train.bf16=false"))
+    assert compose("experiment=push", searchpath, "method.quantization=null").method.quantization is None

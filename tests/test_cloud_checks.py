@@ -6,8 +6,8 @@ import pytest
 
 from launchers import check
 from tests.helpers import compose, compose_checked
-from trainer.errors import UserError
-from trainer.schema import hardware_schema
+from trainer.config.errors import UserError
+from trainer.config.schema import hardware_schema
 
 MODELS = ["gpt_4o_mini", "gpt_4_1_mini", "gpt_4o", "gpt_4_1", "gpt_4_1_nano", "gpt_35_turbo"]
 RETIRED_AT_OPENAI = {"gpt_4_1_nano", "gpt_35_turbo"}
@@ -33,6 +33,8 @@ def test_every_cloud_option_composes_and_passes_the_checks(hardware, model):
     [
         (["method=qlora"], "method=qlora is a local-only choice.*objective=sft or dpo"),
         (["method=dora"], "method=dora is a local-only choice"),
+        (["method=freeze"], "method=freeze is a local-only choice"),
+        (["method.init_adapter=."], "method.init_adapter=. continues a local adapter"),
         (["method.merge_adapter=true"], "local-only choice"),
         (["model=smollm2_135m"], "is a local model. Pick a provider model"),
         (["hardware.provider=anthropic"], "hardware.provider=anthropic is not a valid"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from launchers.cloud import provider_data as pd
-from trainer.errors import UserError
+from trainer.config.errors import UserError
 
 CHAT = {
     "messages": [
@@ -175,3 +175,42 @@ def test_prepare_turns_the_cycle_collector_back_on(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="bad data"):
         prepare.prepare(None, tmp_path)
     assert seen == [False] and gc.isenabled()
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {
+    "city": {"type": "string"}}}}}  # fmt: skip
+TOOL_ROW = {  # canonical: arguments parsed, content None beside the calls
+    "tools": [WEATHER],
+    "messages": [
+        {"role": "user", "content": "Weather in Oslo and Lima?"},
+        {"role": "assistant", "content": None, "reasoning_content": "two cities", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}},
+            {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Lima"}}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "12 C"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "20 C"},
+        {"role": "assistant", "content": "Oslo 12 C, Lima 20 C."},
+    ],
+}  # fmt: skip
+
+
+def test_function_calling_rows_go_in_the_providers_tool_format():
+    """OpenAI's and Together's documented shape: tools beside the messages, arguments as JSON strings, no content
+    beside the calls, tool results by tool_call_id, no reasoning; the checks pass it."""
+    (row,) = pd.convert([TOOL_ROW], "supervised", tools=True)
+    assert row["tools"] == [WEATHER]
+    call_message = row["messages"][1]
+    assert call_message == {
+        "role": "assistant",
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
+            {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Lima"}'}},
+        ],
+    }
+    assert row["messages"][2:] == TOOL_ROW["messages"][2:]
+    assert pd.validate([row], "train") == []
+    assert TOOL_ROW["messages"][1]["tool_calls"][0]["function"]["arguments"] == {"city": "Oslo"}  # not mutated
+    pref = {"prompt": TOOL_ROW["messages"][:1], "tools": [WEATHER], "chosen": TOOL_ROW["messages"][1:2],
+            "rejected": [{"role": "assistant", "content": "I cannot check the weather."}]}  # fmt: skip
+    (dpo,) = pd.convert([pref], "dpo", tools=True)
+    assert dpo["input"] == {"messages": TOOL_ROW["messages"][:1], "tools": [WEATHER]}  # tools inside input
+    assert dpo["preferred_output"] == [call_message] and pd.validate([dpo], "train") == []

@@ -12,8 +12,8 @@ from launchers.cloud import client as cloud_client
 from launchers.cloud import jobs
 from tests.fake_provider import ALL_ROUTES, FakeProvider, files_containing, write_chat_dataset
 from tests.helpers import compose, preference_examples
-from trainer.config_checks import check_config
-from trainer.errors import UserError
+from trainer.config.checks import check_config
+from trainer.config.errors import UserError
 
 API_KEY = "sk-test-KEY-0123456789abcdef"
 MGMT_TOKEN = "mgmt-TOKEN-fedcba9876543210"
@@ -293,3 +293,24 @@ def test_ctrl_c_detaches_or_cancels(fake, tmp_path, monkeypatch, on_interrupt, c
         fake.inject("jobs.cancel", 429, 500)
         with pytest.raises(UserError, match="already completed"):
             cloud.job_command(cfg, "cancel")
+
+
+def test_function_calling_rows_are_uploaded_with_their_tools_and_calls(fake, tmp_path):
+    """dataset=function_calling to OpenAI: every uploaded row carries the tools, assistant calls with their arguments
+    as JSON strings and the tool results; the estimate counts the tools (by OpenAI's rule) on every row."""
+    from launchers.cloud import tokens
+
+    cfg = compose("hardware=openai", "model=gpt_4o_mini", "dataset=function_calling", "eval.enabled=false", *FAST)
+    cfg.output_dir = str(tmp_path / "run")
+    cloud.run(cfg, "train")
+    job = fake.job_requests[-1]
+    rows = [json.loads(line) for line in fake.files[job["training_file"]]["_content"].decode().splitlines()]
+    assert len(rows) == 312 and all(r["tools"] and len(r["tools"]) == 4 for r in rows)
+    calls = [c for r in rows for m in r["messages"] for c in m.get("tool_calls", [])]
+    assert len(calls) > 300 and all(isinstance(json.loads(c["function"]["arguments"]), dict) for c in calls)
+    assert any(m["role"] == "tool" and m["tool_call_id"] for r in rows for m in r["messages"])
+    stats = json.loads((Path(cfg.output_dir) / "cloud_estimate.json").read_text())["stats"]
+    enc = tokens.get_encoding("o200k_base")
+    bare = tokens.count_examples([{"messages": r["messages"]} for r in rows], enc)[0]
+    tools = tokens.openai_tool_tokens(rows[0]["tools"], enc)
+    assert stats["tokens"]["min"] == min(bare) + tools and stats["tokens"]["max"] == max(bare) + tools

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +15,8 @@ from launchers import check as check_cloud
 from launchers import cloud
 from tests.fake_provider import files_containing, write_chat_dataset
 from tests.fake_together import ALL_ROUTES, FakeTogether
-from tests.helpers import REPO, compose, preference_examples
-from trainer.errors import UserError
+from tests.helpers import compose, kill_9_once_a_job_exists, preference_examples
+from trainer.config.errors import UserError
 
 API_KEY = "tg-test-KEY-0123456789abcdef"
 FAST = ["hardware.poll_interval_s=0.01", "hardware.max_poll_interval_s=0.02", "hardware.retry_backoff_s=0.01"]
@@ -191,23 +188,53 @@ def test_kill_9_after_the_job_is_created_then_rerun(fake, tmp_path, cache_dir):
     }
     run = [*overrides(tmp_path), "eval.enabled=false", f"hydra.run.dir={tmp_path / 'run'}"]
     argv = [sys.executable, "-m", "trainer.cli", *run]
-    with open(tmp_path / "first.log", "wb") as log:
-        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=log)
-        try:
-            deadline = time.monotonic() + 60
-            while fake.counters["jobs_created"] == 0:
-                assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "first.log").read_text()
-                time.sleep(0.02)
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-    state = json.loads((tmp_path / "run" / "cloud_state.json").read_text())
-    assert state["job"] is None and len(state["files"]) == 1
-    fake.create_delay_s = 0.0
-    done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = kill_9_once_a_job_exists(fake, argv, env, tmp_path / "run", tmp_path / "first.log")
     assert done.returncode == 0, done.stderr[-3000:]
     assert (fake.counters["upload_requests"], fake.counters["jobs_created"]) == (1, 1)
     assert "found job ft-" in done.stdout + done.stderr
     assert (tmp_path / "run" / "model" / "adapter_model.safetensors").is_file()
     assert files_containing(tmp_path / "run", API_KEY) == []
     assert API_KEY not in done.stdout + done.stderr + (tmp_path / "first.log").read_text()
+
+
+@pytest.mark.slow  # evaluates the tiny model twice and trains it locally for 2 steps
+def test_a_provider_dpo_run_reports_the_same_pair_metrics_as_a_local_dpo_run(fake, tmp_path, cache_dir):
+    """One engine path: DPO weights downloaded from the provider are evaluated by the objective's own evaluation."""
+    from tests.helpers import hydratune
+
+    shared = ["dataset=quickstart_pairs", "objective=dpo", *EVAL, "eval.few_shot=0"]
+    cfg = compose("hardware=together", "model=together_llama3_1_8b_instruct", *TINY, *FAST, *shared)
+    cfg.cache_dir, cfg.output_dir = str(cache_dir), str(tmp_path / "provider")
+    cloud.run(cfg, "train")
+    provider = json.loads((tmp_path / "provider" / "metrics.json").read_text())
+    local_dir = tmp_path / "local"
+    result = hydratune(
+        "model=tiny_random", "hardware=cpu", *shared, "train.max_steps=2", f"hydra.run.dir={local_dir}", cache=cache_dir
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    local = json.loads((local_dir / "metrics.json").read_text())
+    for section in ("base", "finetuned"):
+        assert "pair_accuracy" in provider[section], provider[section]
+        assert set(provider[section]) == set(local[section]), (section, set(provider[section]) ^ set(local[section]))
+    assert provider["objective"] == local["objective"]
+
+
+@pytest.mark.slow  # the run downloads the fake's weights and loads them
+def test_function_calling_rows_are_uploaded_with_their_tools_and_calls(fake, tmp_path, cache_dir):
+    """dataset=function_calling to Together: the uploaded rows carry the tools and the calls (arguments as JSON
+    strings), and the estimate counts the tools as the JSON the model's chat template writes into the prompt."""
+    from launchers.cloud import tokens
+
+    cfg = compose("hardware=together", "model=together_llama3_1_8b_instruct", *TINY, "dataset=function_calling",
+                  *FAST, "eval.enabled=false", f"cache_dir={cache_dir}")  # fmt: skip
+    cfg.output_dir = str(tmp_path / "run")
+    cloud.run(cfg, "train")
+    rows = [json.loads(line) for line in fake.files[fake.job_requests[-1]["training_file"]]["_content"].splitlines()]
+    assert len(rows) == 312 and all(len(r["tools"]) == 4 for r in rows)
+    calls = [c for r in rows for m in r["messages"] for c in m.get("tool_calls", [])]
+    assert len(calls) > 300 and all(isinstance(json.loads(c["function"]["arguments"]), dict) for c in calls)
+    stats = json.loads((Path(cfg.output_dir) / "cloud_estimate.json").read_text())["stats"]
+    enc = tokens.get_encoding("cl100k_base")
+    bare = tokens.count_examples([{"messages": r["messages"]} for r in rows], enc)[0]
+    tools = sum(len(enc.encode(json.dumps(t))) for t in rows[0]["tools"])
+    assert stats["tokens"]["min"] == min(bare) + tools and tools != tokens.openai_tool_tokens(rows[0]["tools"], enc)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
 from launchers.cloud import tokens
-from trainer.errors import UserError
+from trainer.config.errors import UserError
 
 CONVERSATION = [
     {"role": "system", "content": "You extract ingredients."},
@@ -124,3 +125,47 @@ def test_counting_many_rows_encodes_each_distinct_text_once_and_counts_the_same(
     assert totals == [tokens.message_tokens(m, enc) for m in messages] == [_direct(m, enc) for m in messages]
     assert answers == [tokens.assistant_tokens(m, enc) for m in messages]
     assert len(calls) == len(set(calls))  # the shared system prompt and the roles were encoded once
+
+
+COOKBOOK_TOOLS = [{"type": "function", "function": {
+    "name": "get_current_weather", "description": "Get the current weather in a given location",
+    "parameters": {"type": "object", "required": ["location"], "properties": {
+        "location": {"type": "string", "description": "The city and state, e.g. San Francisco, CA"},
+        "unit": {"type": "string", "description": "The unit of temperature to return", "enum": ["celsius", "fahrenheit"]},
+    }}}}]  # fmt: skip
+COOKBOOK_MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant that can answer to questions about the weather."},
+    {"role": "user", "content": "What's the weather like in San Francisco?"},
+]
+
+
+@pytest.mark.parametrize(("name", "billed"), [("o200k_base", 101), ("cl100k_base", 105)])
+def test_tools_count_as_openai_bills_them(name, billed):
+    """The cookbook's example request with one tool ("How to count tokens with tiktoken", section 7): the prompt
+    tokens the OpenAI API reported for it there, 101 on gpt-4o and 105 on gpt-4."""
+    enc = tokens.get_encoding(name)
+    assert tokens.message_tokens(COOKBOOK_MESSAGES, enc) + tokens.tool_tokens(COOKBOOK_TOOLS, enc, "openai") == billed
+
+
+def test_a_function_calling_row_is_estimated_with_its_tools_and_calls():
+    """The estimate of a provider row adds its tools (OpenAI's rule for OpenAI, their JSON for Together) to the
+    messages, and its calls' names and arguments to both the total and the trained tokens."""
+    enc = tokens.get_encoding("o200k_base")
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_current_weather", "arguments": '{"location": "Oslo"}'},
+    }
+    messages = [*COOKBOOK_MESSAGES, {"role": "assistant", "tool_calls": [call]}]
+    plain = {"messages": messages}
+    with_tools = {"messages": messages, "tools": COOKBOOK_TOOLS}
+    (bare,), (bare_answer,) = tokens.count_examples([{"messages": COOKBOOK_MESSAGES}], enc)
+    (calls,), (calls_answer,) = tokens.count_examples([plain], enc)
+    called = len(enc.encode("get_current_weather")) + len(enc.encode('{"location": "Oslo"}'))
+    extra = 3 + len(enc.encode("assistant")) + called  # one more message: its overhead, role and call
+    assert calls == bare + extra and calls_answer == bare_answer + called
+    for provider, tools in [("openai", tokens.openai_tool_tokens(COOKBOOK_TOOLS, enc)),
+                            ("together", len(enc.encode(json.dumps(COOKBOOK_TOOLS[0]))))]:  # fmt: skip
+        totals, answers = tokens.count_examples([with_tools, with_tools], enc, provider)  # the tools: counted once
+        assert totals == [calls + tools] * 2 and answers == [calls_answer] * 2 and tools > 50
+    assert tokens.tool_tokens(COOKBOOK_TOOLS, enc, "openai") != tokens.tool_tokens(COOKBOOK_TOOLS, enc, "together")

@@ -13,9 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.helpers import REPO, compose, compose_checked, hydratune
-from trainer.config_checks import check_config, check_schema
-from trainer.errors import UserError
-from trainer.schema import SCHEMAS, RootSchema
+from trainer.config.checks import check_config, check_schema
+from trainer.config.errors import UserError
+from trainer.config.schema import SCHEMAS, RootSchema
 
 GROUPS = ["model", "dataset", "method", "hardware", "logger", "eval", "objective", "experiment"]
 
@@ -81,10 +81,12 @@ def test_metrics_construct():
 
 
 def test_library_args_file_matches_installed_libraries():
-    from trainer.library_args import TARGETS, describe, recorded
+    from trainer.config.library_args import TARGETS, describe, recorded
 
     for target in TARGETS:
-        assert recorded()[target] == describe(target), f"run `python -m trainer.library_args` after upgrading {target}"
+        assert recorded()[target] == describe(target), (
+            f"run `python -m trainer.config.library_args` after upgrading {target}"
+        )
 
 
 @pytest.mark.parametrize(
@@ -107,8 +109,20 @@ def test_library_args_file_matches_installed_libraries():
         (["dataset.max_train_examples=-1"], "dataset.max_train_examples=-1 is out of range"),
         (["dataset.mix=[{path:a.jsonl,weight:-1}]"], "dataset.mix[0].weight=-1.0 is out of range"),
         (["seed=-1"], "seed=-1 is out of range"),
+        (["seed=4294967296"], "seed=4294967296 is out of range: it must be at least 0 and at most 4294967295"),
+        (["++train.seed=4294967296"], "(numpy's seed range, 0 <= seed < 2**32)"),
+        (["method.peft.lora_alpha=[1,2]"], "method.peft.lora_alpha=[1, 2] has the wrong type"),
+        (["model=tiny_random", "eval.few_shot=1000000"], "eval.few_shot=1000000 demonstrations cannot fit"),
         (["hardware=ddp", "hardware.num_nodes=0"], "hardware.num_nodes=0 is out of range"),
         (["+hardware.num_nodes=2"], "'hardware' (LocalHardwareSchema) has no key 'num_nodes'"),
+        (["method=lora_int8", "hardware=cpu"], "method=lora_int8 quantizes the base model to 8 bits"),
+        (["method=freeze", "method.freeze.trainable_layers=0"], "method=freeze trains nothing"),
+        (["method=freeze", "method.quantization={load_in_4bit: true}"], "method=freeze trains whole layers"),
+        (["method=lora", "+method.freeze.trainable_layers=1"], "'method' (MethodSchema) has no key 'freeze'"),
+        (["method=full", "method.init_adapter=."], "method=full trains no adapter"),
+        (["method.init_adapter=no/such/dir"], "method.init_adapter=no/such/dir is not a folder"),
+        (["method.init_adapter=."], "method.init_adapter=. has no adapter_config.json"),
+        (["model.add_special_tokens=['<a>','']"], "model.add_special_tokens holds an empty token ('')"),
     ],
 )
 def test_bad_values_and_combinations_are_user_errors(overrides, expected):
@@ -132,6 +146,7 @@ def test_bad_values_and_combinations_are_user_errors(overrides, expected):
         (["eval.few_shot=-1"], "eval.few_shot=-1 is out of range"),
         (["--cfg", "job", "+unknown_key=1"], "Unknown config key 'unknown_key'"),
         (["--help", "method=dorra"], "There is no option 'dorra' in config group 'method'"),
+        (["eval.judge.rubric=a=b"], """Cannot read the override 'eval.judge.rubric=a=b'"""),
     ],
 )
 def test_cli_errors_are_one_paragraph_without_traceback(args, expected, tmp_path):
@@ -160,7 +175,9 @@ def test_help_cfg_and_config_mistakes_do_not_import_torch(tmp_path):
     assert "eval.few_shot=-1 is out of range" in result.stderr
     assert "Configuration groups" in result.stdout and "OK" in result.stdout
     assert "model: smollm2_135m" not in result.stdout  # --cfg prints the config, not choices
-    assert "method: dora, full, lora, qlora\n" in result.stdout  # options only, no schema_* entries
+    assert (
+        "method: dora, freeze, full, lora, lora_int8, qlora, qlora_fp16\n" in result.stdout
+    )  # options only, no schema_* entries
     assert Path(REPO / "conf" / "config.yaml").exists()
 
 

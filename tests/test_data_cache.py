@@ -134,3 +134,51 @@ def test_run_prepare_prints_and_returns_statistics(tiny_tokenizer, tmp_path, dat
     assert stats["train"]["tokens_per_example"]["max"] == max(lengths)
     assert stats["train"]["tokens_per_example"]["min"] == min(lengths)
     assert stats["train"]["messages_per_example"]["max"] == 5
+
+
+# ---------------------------------------------------------------- entries are verified by their key
+
+
+@pytest.mark.parametrize("how", ["symlink", "copy"])
+def test_another_keys_entry_under_this_key_is_rebuilt(how, tiny_tokenizer, tmp_path, data, caplog):
+    """Issue 31.9: an entry linked or copied under another key's name would train on the other dataset's rows."""
+    other = tmp_path / "other.jsonl"
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    other.write_text("".join(json.dumps(r) + "\n" for r in rows[::-1][: len(rows) // 2 + 2]))
+    mine, theirs = cfg_for(tmp_path, data), cfg_for(tmp_path, other)
+    expected = prepare(mine, tiny_tokenizer, None)
+    foreign = prepare(theirs, tiny_tokenizer, None)
+    assert foreign.train["input_ids"] != expected.train["input_ids"]
+    entries = tmp_path / "cache" / "datasets"
+    shutil.rmtree(entries / expected.cache_key)
+    if how == "symlink":
+        (entries / expected.cache_key).symlink_to(entries / foreign.cache_key, target_is_directory=True)
+    else:
+        shutil.copytree(entries / foreign.cache_key, entries / expected.cache_key)
+    caplog.set_level("WARNING")
+    again = prepare(mine, tiny_tokenizer, None)
+    assert not again.cache_hit and again.train["input_ids"] == expected.train["input_ids"]
+    (line,) = [r.getMessage() for r in caplog.records if "dataset cache entry" in r.getMessage()]
+    said = "is a link to" if how == "symlink" else f"holds the entry of another key ({foreign.cache_key})"
+    assert expected.cache_key in line and said in line and "rebuilt" in line
+    assert not (entries / expected.cache_key).is_symlink()
+    assert prepare(theirs, tiny_tokenizer, None).cache_hit  # the other key's own entry is untouched
+    assert prepare(mine, tiny_tokenizer, None).cache_hit
+
+
+@pytest.mark.parametrize("how", ["symlink", "copy"])
+def test_another_keys_base_evaluation_under_this_key_is_computed_again(how, tmp_path, caplog):
+    from trainer.evaluation import local as evaluation
+
+    mine, theirs = tmp_path / "evals" / "base-mine.json", tmp_path / "evals" / "base-theirs.json"
+    evaluation.cached(theirs, lambda: {"eval_loss": 1.0}, True)
+    if how == "symlink":
+        mine.symlink_to(theirs)
+    else:
+        shutil.copy(theirs, mine)
+    caplog.set_level("WARNING")
+    assert evaluation.cached(mine, lambda: {"eval_loss": 6.0}, True) == {"eval_loss": 6.0}
+    said = "is a link to" if how == "symlink" else "holds the result of another key (base-theirs)"
+    assert "base evaluation cache file base-mine.json is damaged" in caplog.text and said in caplog.text
+    assert evaluation.cached(theirs, lambda: {"eval_loss": 9.0}, True) == {"eval_loss": 1.0}  # untouched
+    assert evaluation.cached(mine, lambda: {"eval_loss": 9.0}, True) == {"eval_loss": 6.0} and not mine.is_symlink()

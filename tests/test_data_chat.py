@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from trainer.config.errors import UserError
+from trainer.config.schema import DatasetSchema
 from trainer.data import load_examples, prepare
 from trainer.data.tokenize import Encoder
-from trainer.errors import UserError
-from trainer.schema import DatasetSchema
 
 # A Vicuna-like template: no {% generation %} markers, no ChatML, the answer follows "ASSISTANT:" and ends with
 # <|endoftext|>; only the end of the conversation gets a trailing newline.

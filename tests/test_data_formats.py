@@ -8,8 +8,8 @@ import math
 import pytest
 
 from tests.helpers import ASSETS, compose
+from trainer.config.errors import UserError
 from trainer.data import load_examples, prepare
-from trainer.errors import UserError
 
 DATA = ASSETS / "data"
 RECIPES = [json.loads(line)["messages"][-1]["content"] for line in (DATA / "chat.jsonl").read_text().splitlines()]

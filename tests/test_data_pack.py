@@ -106,7 +106,7 @@ def test_packed_training_runs(tiny_tokenizer, prepared_pair, tmp_path):
 
 
 def test_wrapped_packing_is_refused(tiny_tokenizer, tmp_path):
-    from trainer.errors import UserError
+    from trainer.config.errors import UserError
 
     cfg = compose(
         "dataset=chat_jsonl",

@@ -8,8 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.helpers import compose
+from trainer.config.errors import UserError
 from trainer.data import load_examples
-from trainer.errors import UserError
 
 
 def chat(i: int) -> dict:

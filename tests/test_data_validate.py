@@ -8,8 +8,8 @@ import json
 import pytest
 
 from tests.helpers import ASSETS, compose
+from trainer.config.errors import UserError
 from trainer.data import load_examples, prepare
-from trainer.errors import UserError
 
 BROKEN = ASSETS / "data" / "broken"
 EXPECTED = json.loads((BROKEN / "expected.json").read_text())

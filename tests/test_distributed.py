@@ -22,7 +22,7 @@ import pytest
 
 from tests.helpers import REPO, hydratune
 
-pytestmark = pytest.mark.slow  # runs a training job (tiny model) or several processes
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # runs a training job (tiny model) or several processes
 
 # DeepSpeed compiles its CPU communication op on first use (~40 s); a stable folder makes that happen once per machine.
 EXTENSIONS = Path(

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from launchers import deepspeed_config, distributed, slurm
+from launchers import check, deepspeed_config, distributed, slurm
 from tests.helpers import compose, compose_checked, hydratune
-from trainer.config_checks import check_config
-from trainer.errors import UserError
-from trainer.schema import hardware_schema
-from trainer.threads import usable_cores
+from trainer.config.errors import UserError
+from trainer.config.schema import hardware_schema
+from trainer.run.threads import usable_cores
 
 OPTIONS = {"ddp": (0, False), "deepspeed_zero2": (2, False), "deepspeed_zero3": (3, False)}
 OPTIONS["deepspeed_zero3_offload"] = (3, True)
@@ -156,7 +155,7 @@ def test_slurm_dry_run_prints_the_script(tmp_path, cache_dir):
 def test_user_errors(overrides, message):
     with pytest.raises(UserError, match=message.replace("?", r"\?")):
         cfg = compose_checked("model=tiny_random", *overrides)
-        check_config(cfg)
+        check(cfg)  # the one check pass, the launcher rules and hardware.submit included
         deepspeed_config.build(cfg.hardware)
 
 

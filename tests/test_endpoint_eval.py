@@ -10,9 +10,10 @@ import pytest
 
 from tests.fake_provider import BASE_ANSWER, FakeProvider, files_containing, write_chat_dataset
 from tests.helpers import compose, hydratune
-from trainer import endpoint_eval, evaluation
-from trainer.config_checks import check_config
-from trainer.errors import UserError
+from trainer.config.checks import check_config
+from trainer.config.errors import UserError
+from trainer.evaluation import endpoint as endpoint_eval
+from trainer.evaluation import local as evaluation
 
 KEY = "sk-compare-KEY-5566778899"
 TUNED = "ft:base-model:acme::abc123"
@@ -142,3 +143,40 @@ def test_bad_endpoint_config_fails_before_anything_runs(override, message):
 def test_unknown_endpoint_key_fails_at_compose_time():
     with pytest.raises(Exception, match="modle"):
         compose('eval.compare_models=[{name: a, base_url: "http://x/v1", modle: m}]')
+
+
+def test_a_function_calling_query_is_asked_with_its_tools_and_scored_on_the_calls_it_gets_back():
+    """The chat API's answer with tool_calls becomes the <tool_call> text the tool-call metrics parse, so an
+    endpoint is scored as the in-process model is; arguments that are not JSON stay text and score as invalid; the
+    query's earlier calls go out in the API's shape (arguments as JSON strings)."""
+    from openai.types.chat import ChatCompletionMessage
+
+    from trainer.evaluation import metrics as tool_metrics
+
+    called = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+    reference = evaluation.queries([{"messages": [{"role": "user", "content": "Oslo?"},
+                                                  {"role": "assistant", "content": None, "tool_calls": [called]}]}],
+                                   None)[0].reference  # fmt: skip
+
+    def answered(arguments: str) -> str:
+        call = {"id": "x", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}
+        message = ChatCompletionMessage.model_validate({"role": "assistant", "content": None, "tool_calls": [call]})
+        return endpoint_eval.answer_text(message)
+
+    match = tool_metrics.ToolCallMatch()
+    valid = tool_metrics.ToolCallValid()
+    assert answered('{"city": "Oslo"}') == reference
+    assert match(answered('{"city":"Oslo"}'), reference) == 1.0  # the JSON's spacing does not matter
+    assert match(answered('{"city": "Lima"}'), reference) == 0.0
+    assert valid(answered('{"city": Oslo}'), reference) == 0.0
+    plain = ChatCompletionMessage.model_validate({"role": "assistant", "content": "Sunny."})
+    assert endpoint_eval.answer_text(plain) == "Sunny."
+    history = [{"role": "assistant", "content": None, "reasoning_content": "r", "tool_calls": [called]},
+               {"role": "tool", "tool_call_id": "c1", "content": "12 C"}]  # fmt: skip
+    assert endpoint_eval.openai_messages(history) == [
+        {
+            "role": "assistant",
+            "tool_calls": [{**called, "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}],
+        },
+        history[1],
+    ]

@@ -63,7 +63,7 @@ def test_tiny_run_writes_every_output(tiny_run):
     assert "| metric | base model | fine-tuned | change |" in report and "loss_curve.png" in report
     assert "## Time and memory: pre-flight estimate vs measured" in report and "| time per training step |" in report
     assert metrics["estimate"]["measured"]["step_s"] > 0 and metrics["estimate"]["estimated"]["step_s"] > 0
-    assert "[trainer.estimate][INFO] - estimate: " in (tiny_run / "hydratune.log").read_text()
+    assert "[trainer.engine.estimate][INFO] - estimate: " in (tiny_run / "hydratune.log").read_text()
 
 
 def test_tiny_run_report_has_paired_statistics_flips_and_break_even(tiny_run):

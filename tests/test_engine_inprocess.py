@@ -26,14 +26,15 @@ OVERRIDES = [
     "++method.peft.rank_pattern={q_proj: 4}",
     "++train.label_names=[labels]",
     "++train.lr_scheduler_kwargs={num_cycles: 0.25}",
-    "eval.metrics=[{_target_: trainer.metrics.ExactMatch, lowercase: false}, {_target_: trainer.metrics.TokenF1}]",
+    "eval.metrics=[{_target_: trainer.evaluation.metrics.ExactMatch, lowercase: false}, {_target_: trainer.evaluation.metrics.TokenF1}]",
 ]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, cache_dir):
-    from trainer import engine, rundir
-    from trainer.config_checks import check_config
+    from trainer.config.checks import check_config
+    from trainer.engine import pipeline as engine
+    from trainer.run import rundir
 
     run_dir = tmp_path_factory.mktemp("inprocess")
     cfg = compose(*OVERRIDES, f"output_dir={run_dir}", f"cache_dir={cache_dir}")
@@ -80,8 +81,8 @@ def test_saved_adapter_reloads_with_peft_and_holds_the_trained_weights(run):
 
 def test_library_objects_get_plain_containers(run, tmp_path):
     from trainer import models
-    from trainer.objectives import training_args
-    from trainer.plain import build
+    from trainer.config.plain import build
+    from trainer.engine.objectives import training_args
 
     cfg, _, _ = run
     args = training_args(cfg, tmp_path, "cpu", report_to=[])

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from trainer import estimate
+from trainer.engine import estimate
 
 SHAPE = estimate.ModelShape(
     layers=2, hidden=8, intermediate=16, vocab=100, body=1000, total=1800, trainable=50, full=False
@@ -138,7 +138,7 @@ def test_matmul_benchmark_keeps_the_best_and_gpu_is_nominal(tmp_path, monkeypatc
 
 def test_one_log_line_saved_in_the_run_dir_and_a_warning_past_an_hour(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(estimate, "matmul_flops", lambda *a: (1e6, "test throughput"))
-    with caplog.at_level(logging.INFO, logger="trainer.estimate"):
+    with caplog.at_level(logging.INFO, logger="trainer.engine.estimate"):
         quick = estimate.preflight(SHAPE, work(steps=1), "cpu", "float32", 2, tmp_path, run_dir=tmp_path)
     assert quick.total_s < estimate.WARN_OVER_S
     assert [r.getMessage() for r in caplog.records] == [quick.line()]
@@ -146,7 +146,7 @@ def test_one_log_line_saved_in_the_run_dir_and_a_warning_past_an_hour(tmp_path, 
     assert json.loads((tmp_path / "estimate.json").read_text())["total_s"] == pytest.approx(quick.total_s)
 
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="trainer.estimate"):
+    with caplog.at_level(logging.INFO, logger="trainer.engine.estimate"):
         slow = estimate.preflight(SHAPE, work(steps=100_000), "cpu", "float32", 2, tmp_path)
     assert slow.total_s > estimate.WARN_OVER_S
     assert caplog.records[-1].levelname == "WARNING" and "estimated to take" in caplog.records[-1].getMessage()

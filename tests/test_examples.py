@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 import launchers
 from tests.helpers import REPO, compose, hydratune
-from trainer.config_checks import check_config
+from trainer.config.checks import check_config
 
 #: The local examples' smoke mode (examples/*/README.md).
 SMOKE = [
@@ -127,7 +127,7 @@ def test_text_to_sql_composes_to_the_trl_guide(monkeypatch):
     train = OmegaConf.to_container(cfg.train)
     assert {k: train[k] for k in expected} == expected
     assert (cfg.eval.max_examples, cfg.logger.name) == (1000, "tensorboard")
-    assert [m["_target_"] for m in cfg.eval.metrics][0] == "trainer.metrics.ExactMatch"
+    assert [m["_target_"] for m in cfg.eval.metrics][0] == "trainer.evaluation.metrics.ExactMatch"
 
     t = cfg.dataset.templates
     assert (t.system, t.user, t.assistant) == (SQL_SYSTEM, "{question}", "{answer}")
@@ -187,6 +187,46 @@ def test_local_example_smoke_mode(experiment, extra, tmp_path, cache_dir):
         assert json.loads((run_dir / "model" / "adapter_config.json").read_text())["r"] == 256
     else:  # no validation split, as AutoTrain: nothing evaluated
         assert "finetuned" not in metrics
+
+
+#: function calling: the four tools' definitions make each prompt about 1,200 tiny-tokenizer tokens, past the tiny
+#: model's 512-token context (its rotary positions run further); two demonstrations (1,600 tokens) are refused by the
+#: context check, so the smoke run has no few-shot column.
+FUNCTION_SMOKE = ["train.max_length=1536", "eval.few_shot=0"]
+TOOL_METRICS = {"tool_call_valid", "tool_name_accuracy", "tool_arguments_match", "tool_call_match"}
+
+
+def test_function_calling_composes_and_its_held_out_requests_are_calls():
+    from trainer.data.tool_calls import parse_calls
+    from trainer.evaluation.local import queries
+
+    cfg = compose("experiment=function_calling")
+    check_config(cfg)
+    assert (cfg.dataset.name, cfg.objective.headline[0], cfg.eval.few_shot) == (
+        "function_calling",
+        "tool_call_match",
+        2,
+    )
+    assert {m["_target_"].rsplit(".", 1)[1] for m in cfg.eval.metrics} >= {"ToolCallMatch", "ToolCallValid"}
+    data = examples_of(cfg)
+    assert (len(data.train), len(data.validation), data.warnings) == (312, 48, [])
+    due = [parse_calls(q.reference)[0] for q in queries(data.validation, None)]
+    assert all(q.tools for q in queries(data.validation, None))
+    assert sum(1 for calls in due if calls) >= 30 and any(calls and len(calls) == 2 for calls in due)  # parallel
+
+
+@pytest.mark.slow
+def test_function_calling_smoke_mode(tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    result = hydratune(
+        "experiment=function_calling", *SMOKE, *FUNCTION_SMOKE, f"hydra.run.dir={run_dir}", cache=cache_dir
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "model" / "adapter_model.safetensors").is_file()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for section in ("base", "finetuned"):
+        assert TOOL_METRICS <= metrics[section].keys()
+    assert "on tool_call_match" in (run_dir / "report.md").read_text()  # the verdict's headline
 
 
 @pytest.mark.slow
@@ -251,7 +291,14 @@ def test_migrate_openai_finetune_smoke_mode(tmp_path, cache_dir, monkeypatch):
 
 
 def test_every_example_has_a_readme_with_its_smoke_command():
-    for name in ("recipe_ner", "clippy_azure", "text_to_sql_qlora", "autotrain_llm_sft", "migrate_openai_finetune"):
+    for name in (
+        "recipe_ner",
+        "clippy_azure",
+        "text_to_sql_qlora",
+        "autotrain_llm_sft",
+        "migrate_openai_finetune",
+        "function_calling",
+    ):
         readme = (REPO / "examples" / name / "README.md").read_text()
         assert f"experiment={name}" in readme
         assert Path(REPO / "conf" / "experiment" / f"{name}.yaml").is_file()

@@ -16,8 +16,9 @@ import pytest
 
 from tests.fake_provider import files_containing, write_chat_dataset
 from tests.helpers import REPO, compose, hydratune, interruptible
-from trainer import checkpoints, rundir
-from trainer.errors import UserError
+from trainer.config.errors import UserError
+from trainer.engine import checkpoints
+from trainer.run import rundir
 
 TINY = ["model=tiny_random", "hardware.threads=1", "eval.max_examples=4", "eval.generation.max_new_tokens=4"]
 #: One unique secret per credential field, and one inside a URL.
@@ -254,8 +255,10 @@ def run_kills(tmp_path: Path, cache: Path, kills: int, harnesses: int, steps: in
             assert a == pytest.approx(b, rel=1e-6, abs=0), (i, step)
         assert json.loads((tmp_path / f"run{i}" / "status.json").read_text())["status"] == "ok"
     assert sum(r["kills"] for r in reports) == kills, reports
-    # Seeded instants land inside checkpoint writes too (a torn newest checkpoint right after the kill).
-    assert sum(r["torn_at_kill"] for r in reports) >= 1, reports
+    # No checkpoint under its final name is ever torn. Whether a seeded instant lands inside a checkpoint write
+    # depends on the CPU's speed (none did on CI's machine), so a kill mid-write is planted deterministically in
+    # test_torn_checkpoints_are_named_and_set_aside instead of counted here.
+    assert sum(r["torn_under_final_name"] for r in reports) == 0, reports
 
 
 @pytest.mark.slow
@@ -355,7 +358,7 @@ def test_a_partial_entry_of_a_dead_process_is_cleaned_up(chat_cfg, tiny_tokenize
 
 @pytest.mark.parametrize("spoil", ["edited", "truncated", "not json"])
 def test_a_damaged_base_evaluation_cache_file_is_computed_again(tmp_path, caplog, spoil):
-    from trainer import evaluation
+    from trainer.evaluation import local as evaluation
 
     path = tmp_path / "evals" / "base-0123.json"
     calls = []
@@ -480,7 +483,7 @@ def test_a_50_mb_row_is_prepared_in_under_1_gb(tmp_path):
             )
     assert big.stat().st_size > 50_000_000
     code = (
-        "import sys; from trainer import cli; from trainer.estimate import peak_rss_bytes\n"
+        "import sys; from trainer import cli; from trainer.engine.estimate import peak_rss_bytes\n"
         "try:\n    cli.main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
         "print('peak_bytes', peak_rss_bytes())\n"
     )
@@ -530,25 +533,28 @@ def test_a_full_disk_at_checkpoint_time_is_one_paragraph_and_the_rerun_recovers(
 
     limit = 200 * 1024
     steps = [*TINY, "eval=none", "train.max_steps=6", "train.save_steps=3", f"hydra.run.dir={tmp_path}"]
+    # the converted model (515 KB) and tokenized data (~1 MB) in the cache first: the limit is for the checkpoint
+    prepared = hydratune("prepare", *steps[:-1], f"hydra.run.dir={tmp_path.parent / 'prepared'}", cache=cache_dir)
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
     full = subprocess.run(
         [sys.executable, "-m", "trainer.cli", *steps],
         cwd=REPO, env={**os.environ, "HYDRATUNE_CACHE": str(cache_dir)}, capture_output=True, text=True,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)), timeout=600,
     )  # fmt: skip
     assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-2000:]
-    assert "Writing a checkpoint or the model into" in full.stderr and "run the same command again" in full.stderr
+    assert f"Could not write {tmp_path / 'checkpoints' / 'checkpoint-3'}: the write failed (" in full.stderr
+    assert "run the same command again" in full.stderr
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
-    assert checkpoints.problems_of(tmp_path / "checkpoints" / "checkpoint-3")  # torn by the full disk
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["README.md"]  # no partial checkpoint-3
     result = hydratune(*steps, cache=cache_dir)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "skipping torn checkpoint checkpoint-3" in (tmp_path / "hydratune.log").read_text()
     assert [s for s, _ in losses(tmp_path)] == list(range(1, 7))
 
 
 def test_enospc_at_the_write_boundary_is_one_paragraph_and_leaves_no_temp_file(tmp_path, monkeypatch):
     import errno
 
-    from trainer import atomic
+    from trainer.run import atomic
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -593,7 +599,7 @@ def test_wandb_online_against_a_tarpit_falls_back_to_offline_in_time(monkeypatch
 
     from omegaconf import OmegaConf
 
-    from trainer import loggers
+    from trainer.run import loggers
 
     tarpit = socket.socket()
     tarpit.bind(("127.0.0.1", 0))
@@ -646,7 +652,7 @@ def test_a_wandb_server_refusing_the_key_is_one_paragraph(tmp_path, cache_dir):
 def test_a_wandb_refusal_is_one_paragraph():
     import wandb.errors
 
-    from trainer.loggers import explain_wandb_error
+    from trainer.run.loggers import explain_wandb_error
 
     err = explain_wandb_error(wandb.errors.AuthenticationError("API key must be 40 characters long"))
     assert isinstance(err, UserError) and "WANDB_API_KEY" in str(err) and "logger.mode=offline" in str(err)

@@ -9,7 +9,9 @@ import pytest
 
 from launchers import distributed, fsdp
 from tests.helpers import compose, hydratune
-from trainer.errors import UserError
+from trainer.config.errors import UserError
+
+pytestmark = pytest.mark.serial  # counts on the cores being free (make test runs these alone)
 
 TINY = ["model=tiny_random", "hardware=fsdp"]
 

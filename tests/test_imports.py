@@ -4,6 +4,7 @@ imports on its own in a fresh interpreter."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 
@@ -103,7 +104,10 @@ def test_no_import_cycle_between_modules():
     trees = modules()
     graph = {name: imports(name, tree, trees) for name, tree in trees.items()}
     assert graph["trainer.cli"] >= {"launchers"}  # the graph sees imports inside functions
-    assert "trainer.library_args" not in graph["trainer.errors"] and "trainer.data" not in graph["trainer.data.cache"]
+    assert (
+        "trainer.config.library_args" not in graph["trainer.config.errors"]
+        and "trainer.data" not in graph["trainer.data.cache"]
+    )
     assert not any(
         m.startswith("launchers")
         for name, deps in graph.items()
@@ -114,8 +118,102 @@ def test_no_import_cycle_between_modules():
     assert cycles(graph) == []
 
 
+#: Each project module is imported in a child forked from one interpreter that has imported only these libraries
+#: (and none of hydratune): the child starts with none of hydratune's modules loaded, as a fresh interpreter would, so
+#: an import that only works in some order fails here, without paying each child's torch import again.
+_FORK_EACH = """
+import os, sys, traceback
+import torch, transformers, trl, peft, datasets, hydra, omegaconf  # noqa: F401
+assert not any(m.split('.')[0] in ('trainer', 'launchers') for m in sys.modules)
+failed = 0
+for name in sys.argv[1:]:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            __import__(name)
+        except BaseException:
+            sys.stderr.write(f'--- import {name} failed:\\n' + traceback.format_exc())
+            os._exit(1)
+        os._exit(0)
+    failed += os.waitpid(pid, 0)[1] != 0
+sys.exit(1 if failed else 0)
+"""
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("module", sorted(modules()))
-def test_every_module_imports_alone_in_a_fresh_interpreter(module):
-    result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, cwd=REPO)
+def test_every_module_imports_alone():
+    names = sorted(modules())
+    result = subprocess.run([sys.executable, "-c", _FORK_EACH, *names], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.mark.slow
+def test_the_import_check_sees_a_module_that_fails_alone(tmp_path):
+    """A module that imports a name its package only binds after it (a cycle seen at import time) fails there."""
+    package = tmp_path / "trainer_probe"
+    package.mkdir()
+    (package / "__init__.py").write_text("from trainer_probe.a import A\nB = 1\n")
+    (package / "a.py").write_text("from trainer_probe import B\nA = B\n")
+    result = subprocess.run(
+        [sys.executable, "-c", _FORK_EACH, "trainer.config.choices", "trainer_probe.a"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": f"{tmp_path}:{REPO}"},
+    )  # fmt: skip
+    assert result.returncode == 1 and "import trainer_probe.a failed" in result.stderr, result.stderr[-2000:]
+
+
+#: The layers, top to bottom: a module may import its own room and any room of a lower layer, never one above.
+#: cli -> launchers / tools -> engine -> hosting -> report -> evaluation -> data / models -> run -> config.
+#: (hosting sits below the engine: a run exports and serves its own model to check what users ship.)
+LAYERS = {
+    "trainer.cli": 9,
+    "launchers": 8,
+    "trainer.tools": 8,
+    "trainer.engine": 7,
+    "trainer.hosting": 6,
+    "trainer.report": 5,
+    "trainer.evaluation": 4,
+    "trainer.data": 3,
+    "trainer.models": 3,
+    "trainer.run": 2,
+    "trainer.config": 1,
+    "trainer.conf": 0,
+    "trainer": 0,  # the package's own __init__ (a docstring)
+}
+
+
+def room(module: str) -> str:
+    """The room a module lives in: its sub-package of trainer/, launchers, or trainer.cli / trainer.models."""
+    if module.startswith("launchers"):
+        return "launchers"
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def test_imports_follow_the_layers():
+    trees = modules()
+    assert set(map(room, trees)) <= set(LAYERS), set(map(room, trees)) - set(LAYERS)  # every room has its layer
+    against = sorted(
+        f"{name} -> {dep}"
+        for name, tree in trees.items()
+        for dep in imports(name, tree, trees)
+        if room(dep) != room(name) and LAYERS[room(dep)] >= LAYERS[room(name)]
+    )
+    assert against == []
+
+
+def test_the_layer_check_sees_a_wrong_arrow():
+    """A throwaway module in the config room importing the engine is reported (the check can fail)."""
+    trees = modules()
+    trees["trainer.config.bad"] = ast.parse("from trainer.engine import pipeline\n")
+    wrong = [dep for dep in imports("trainer.config.bad", trees["trainer.config.bad"], trees)]
+    assert "trainer.engine.pipeline" in wrong and LAYERS[room(wrong[0])] > LAYERS["trainer.config"]
+
+
+def test_config_imports_no_torch():
+    """The config room (schema, checks, errors) composes and checks without torch or transformers."""
+    names = [m for m in modules() if m.startswith("trainer.config")]
+    code = f"import sys\nfor m in {names!r}:\n    __import__(m)\n" + (
+        "assert not {'torch', 'transformers', 'trl', 'peft'} & set(sys.modules), sorted({'torch', 'transformers'} & set(sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -11,8 +11,9 @@ import pytest
 from tests.fake_provider import FakeProvider
 from tests.helpers import compose
 from tests.test_report import section
-from trainer import judge, report_files
-from trainer.errors import UserError
+from trainer.config.errors import UserError
+from trainer.evaluation import judge
+from trainer.report import files as report_files
 
 BASE_RIGHT, TUNED_RIGHT = [0, 1, 2], list(range(2, 20))  # of 30: 17 wins for the tuned model, 2 for the base
 

@@ -1,4 +1,4 @@
-"""The compact LM head (labelled positions only, trainer/lm_head.py) leaves the loss, its gradients and TRL's
+"""The compact LM head (labelled positions only, trainer/engine/lm_head.py) leaves the loss, its gradients and TRL's
 metrics unchanged, and scores fewer positions."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer import lm_head, models
+from trainer import models
+from trainer.engine import lm_head
 
 
 def fused_step(tokenizer, seen: list[int]):

@@ -1,4 +1,4 @@
-"""trainer.memory: heap memory that was freed goes back to the system (glibc)."""
+"""trainer.run.memory: heap memory that was freed goes back to the system (glibc)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from trainer import memory
+from trainer.run import memory
 
 # 200 MB in 64 KB blocks (below glibc's mmap threshold, so they live in the heap), all freed but the block
 # allocated last, which sits at the heap's top and keeps glibc from shrinking the heap by itself.
 PROBE = """
-from trainer import memory
+from trainer.run import memory
 
 def rss_mb():
     with open("/proc/self/status") as f:

@@ -82,7 +82,7 @@ def test_tracking_uri_from_environment_is_not_written(tmp_path, monkeypatch, env
     from omegaconf import open_dict
 
     from tests.helpers import compose
-    from trainer import mlflow_tracking
+    from trainer.run import mlflow_tracking
 
     if env_uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", env_uri)
@@ -95,4 +95,4 @@ def test_tracking_uri_from_environment_is_not_written(tmp_path, monkeypatch, env
     # an environment URI may carry credentials: it stays out of config.yaml, and MLflow reads it at run time
     assert cfg.logger.tracking_uri == (None if env_uri else f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert cfg.logger.experiment == "solo"
-    assert mlflow_tracking._safe(env_uri) == ("http://***@mlflow.example:5000" if env_uri else "None")
+    assert mlflow_tracking._safe(env_uri) == ("http://***redacted***@mlflow.example:5000" if env_uri else "None")

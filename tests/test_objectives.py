@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ASSETS, REPO, compose, hydratune
-from trainer.checkpoints import problems_of
-from trainer.config_checks import check_config
-from trainer.errors import UserError
+from trainer.config.checks import check_config
+from trainer.config.errors import UserError
+from trainer.engine.checkpoints import problems_of
 
 PAIRS = [
     "dataset=preference",
@@ -26,14 +26,14 @@ PAIRS = [
     "dataset.validation_size=3",
 ]
 REWARDS = (
-    "objective.reward_funcs=[{_target_: trainer.rewards.TokenF1}, "
-    "{_target_: trainer.rewards.LengthPenalty, max_chars: 8, per_char: 0.05}]"
+    "objective.reward_funcs=[{_target_: trainer.engine.rewards.TokenF1}, "
+    "{_target_: trainer.engine.rewards.LengthPenalty, max_chars: 8, per_char: 0.05}]"
 )
 #: Per objective: the overrides of its tiny run, and the metric its report's verdict states.
 RUNS = {
-    "dpo": ([*PAIRS], "pair_accuracy"),
-    "kto": ([*PAIRS], "pair_accuracy"),
-    "orpo": ([*PAIRS], "pair_accuracy"),
+    "dpo": ([*PAIRS], "pair_accuracy_mean"),
+    "kto": ([*PAIRS], "pair_accuracy_mean"),
+    "orpo": ([*PAIRS], "pair_accuracy_mean"),
     "reward": ([*PAIRS], "pair_accuracy"),
     "grpo": (["dataset.max_train_examples=16", REWARDS, "objective.args.max_completion_length=8"], "reward"),
     "distill": (
@@ -104,7 +104,7 @@ def checked(*overrides: str):
         (["objective=dpo", *PAIRS, "objective.args.beta=high"], "objective.args.beta='high' has the wrong type"),
         (
             ["objective=kto", *PAIRS, "hardware=openai", "model=gpt_4o_mini"],
-            "objective=kto is not offered by the provider openai (hardware=openai): it trains objective=dpo, sft.",
+            "objective=kto is not offered by the provider openai (hardware=openai): it trains objective=sft, dpo.",
         ),
     ],
 )
@@ -121,7 +121,7 @@ def test_every_objective_composes_with_its_data():
 
 
 def test_objective_classes_are_what_trl_exports():
-    from trainer.objectives import _import
+    from trainer.engine.objectives import _import
 
     for objective in RUNS:
         cfg = compose(f"objective={objective}", *RUNS[objective][0])
@@ -141,7 +141,7 @@ def test_cli_names_the_objective_and_the_datasets(tmp_path):
 
 
 def test_shipped_rewards_score_completions_the_way_grpo_calls_them():
-    from trainer import rewards
+    from trainer.engine import rewards
 
     chat = [[{"role": "assistant", "content": '["flour", "eggs"]'}], [{"role": "assistant", "content": "flour"}]]
     refs = ['["flour", "eggs"]', '["flour", "eggs"]']
@@ -195,7 +195,10 @@ def test_objective_trains_with_recorded_losses_and_reports_its_metric(objective,
     headline = RUNS[objective][1]
     assert headline in metrics["base"] and headline in metrics["finetuned"]
     report = (run_dir / "report.md").read_text()
-    assert f"on {headline}**" in report and f"(objective={objective})" in report
+    verdict = report.split("\n\n")[1]  # the paragraph under the title
+    assert f"model beat the base model on {headline}" in verdict or f"NOT beat the base model on {headline}" in verdict
+    assert "(95% CI " in verdict and f"(objective={objective})" in report  # per-example scores: a CI on the headline
+    assert "control" in metrics  # the validity probe: the same evaluation of a random-weight model
     assert (run_dir / "model" / "adapter_config.json").is_file()
 
 
@@ -204,9 +207,24 @@ def kill_after_first_checkpoint(objective: str, run_dir: Path, cache: Path) -> N
     cmd = [sys.executable, "-m", "trainer.cli", *args(objective), f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    first = run_dir / "checkpoints" / "checkpoint-2"
-    while not (first / "trainer_state.json").exists() or problems_of(first):  # complete, so the resume uses it
+
+    def before_last() -> list[Path]:
+        return [c for c in (run_dir / "checkpoints").glob("checkpoint-[0-9]*") if c.name != "checkpoint-6"]
+
+    def complete(found: list[Path]) -> bool:  # a checkpoint before the last step, whole, so the resume uses it (on a
+        # busy machine the first one may already be rotated away by save_total_limit when this process next looks)
+        try:
+            return any((c / "trainer_state.json").exists() and not problems_of(c) for c in found)
+        except OSError:  # rotated away while being read
+            return False
+
+    while True:  # the run is stopped while its checkpoints are verified: a fast CPU finishes the last steps first
         assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        if found := before_last():
+            proc.send_signal(signal.SIGSTOP)
+            if complete(found):
+                break
+            proc.send_signal(signal.SIGCONT)
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -228,10 +246,10 @@ def test_killed_run_resumes_to_the_same_final_loss(objective, runs_root, cache_d
 
 def test_a_resumed_run_replays_the_shuffled_order_of_its_epoch():
     # GRPO's and distillation's RepeatSampler shuffles with one generator advanced once per epoch: a sampler made
-    # afresh for a run resumed in epoch 2 must shuffle epoch 2 as the uninterrupted run did (trainer/epoch_order.py).
+    # afresh for a run resumed in epoch 2 must shuffle epoch 2 as the uninterrupted run did (trainer/engine/epoch_order.py).
     from trl.trainer.utils import RepeatSampler
 
-    from trainer.epoch_order import EpochReplay
+    from trainer.engine.epoch_order import EpochReplay
 
     def sampler():
         return EpochReplay(RepeatSampler(range(16), mini_repeat_count=1, batch_size=8, seed=42))
@@ -265,6 +283,10 @@ def test_quickstart_dpo_pairs_are_the_quickstart_with_recorded_wrong_answers():
     for pair in pairs.train + pairs.validation:
         assert pair["chosen"] == answer[json.dumps(pair["prompt"])]
         assert pair["rejected"][0]["content"] not in ("", pair["chosen"][0]["content"])
+    # matched lengths: a score summed over the answer cannot prefer the chosen answer for being shorter
+    for pair in pairs.train + pairs.validation:
+        chosen, rejected = len(pair["chosen"][0]["content"]), len(pair["rejected"][0]["content"])
+        assert abs(chosen - rejected) < 0.1 * max(chosen, rejected), pair
 
 
 # ---------------------------------------------------------------- several processes

@@ -16,7 +16,7 @@ import pytest
 from launchers.cloud import record
 from tests.fake_provider import FakeProvider, files_containing, write_chat_dataset
 from tests.helpers import REPO
-from trainer.errors import UserError
+from trainer.config.errors import UserError
 
 KEY = "sk-record-test-7f3a9"
 FINETUNE = "ft:gpt-4o-mini-2024-07-18:acme::rec42"

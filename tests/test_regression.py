@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trainer import regression
-from trainer.errors import UserError
+from trainer.config.errors import UserError
+from trainer.evaluation import regression
 
 
 def test_an_answer_counts_as_whole_words_anywhere_in_the_reply():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import hydratune
-from trainer import report_files
+from trainer.report import files as report_files
 
 N = 30
 
@@ -113,7 +113,7 @@ def test_compared_models_are_paired_with_the_fine_tuned_model(tmp_path):
 
 
 def test_report_command_rebuilds_a_sweep_with_its_recorded_objective(tmp_path):
-    from trainer import report_command
+    from trainer.report import command as report_command
 
     for i, (lr, em) in enumerate((("1e-4", 0.2), ("1e-3", 0.6))):
         run = tmp_path / str(i)

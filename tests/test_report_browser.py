@@ -16,7 +16,8 @@ import pytest
 
 from tests.browser import launch, missing, open_page
 from tests.test_report import metrics
-from trainer import report_files, sweeps
+from trainer.report import files as report_files
+from trainer.report import sweeps
 
 
 @pytest.fixture(scope="module")

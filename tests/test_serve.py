@@ -8,20 +8,19 @@ generation config would run on to the token limit.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.fake_hub import FakeHub
 from tests.fake_provider import files_containing
-from tests.helpers import REPO, compose, hydratune
-from trainer import endpoint_eval, evaluation, export, serving
-from trainer.errors import UserError
+from tests.helpers import compose, hydratune, served_cli
+from trainer.config.errors import UserError
+from trainer.evaluation import endpoint as endpoint_eval
+from trainer.evaluation import local as evaluation
+from trainer.hosting import export
+from trainer.hosting import serve as serving
 
 ANSWER = '["flour", "salt"]'
 SYSTEM = "List the generic ingredients as JSON."
@@ -82,8 +81,9 @@ QUICKSTART = [
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory, cache_dir) -> Path:
     """A finished quickstart run (trained in this process: no `hydratune` start-up to pay)."""
-    from trainer import engine, rundir
-    from trainer.config_checks import check_config
+    from trainer.config.checks import check_config
+    from trainer.engine import pipeline as engine
+    from trainer.run import rundir
 
     run = tmp_path_factory.mktemp("quickstart") / "run"
     cfg = compose(*QUICKSTART, f"output_dir={run}", f"cache_dir={cache_dir}")
@@ -97,27 +97,10 @@ def quickstart_run(tmp_path_factory, cache_dir) -> Path:
 def server(quickstart_run, cache_dir):
     """`hydratune serve` on the finished quickstart run, in a subprocess; stopped (and killed if need be) at the end.
     (The tiny-model run that stops at its EOS is served by the --bench test.)"""
-    env = {**os.environ, "HYDRATUNE_CACHE": str(cache_dir)}
-    log = open(quickstart_run / "serve_cli.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "trainer.cli", "serve", f"hydra.run.dir={quickstart_run}", "serve.port=0"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    state = quickstart_run / "serve.json"
-    try:
-        deadline = time.monotonic() + 240
-        while not state.is_file() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.3)
-        assert state.is_file(), (quickstart_run / "serve_cli.log").read_text()[-3000:]
-        yield process, json.loads(state.read_text())
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(40)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        log.close()
+    args = [f"hydra.run.dir={quickstart_run}", "serve.port=0"]
+    state, log = quickstart_run / "serve.json", quickstart_run / "serve_cli.log"
+    with served_cli(args, state, log, cache_dir) as (process, info):
+        yield process, info
 
 
 @pytest.mark.slow
@@ -304,7 +287,7 @@ def test_bench_runs_concurrent_clients_for_30_s_without_errors(trained_run, cach
 def test_cost_per_1000_queries_beside_provider_prices():
     from omegaconf import OmegaConf
 
-    from trainer.serve_bench import costs
+    from trainer.hosting.bench import costs
 
     eval_cfg = OmegaConf.create(
         {"compare_models": [{"name": "gpt", "usd_per_million_input_tokens": 0.15, "usd_per_million_output_tokens": 0.6},

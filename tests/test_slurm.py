@@ -17,6 +17,7 @@ import pytest
 from tests.helpers import REPO, hydratune
 
 pytestmark = [
+    pytest.mark.serial,  # counts on the cores being free (make test runs these alone)
     pytest.mark.slurm,
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("sbatch") is None, reason="no SLURM here: run .ci/slurm to start one"),
@@ -37,7 +38,7 @@ def test_sweep_of_two_distributed_jobs(tmp_path, cache_dir):
     from trainer import models
 
     # Build the tiny model into the cache first: two runs that start at once on an empty cache both build it, and the
-    # second rename of trainer.models._save_atomically fails (a cache race, not SLURM's).
+    # second one keeps the first complete entry (trainer.models.save_folder).
     models.resolve_path(compose("model=tiny_random").model, cache_dir)
     sweep = tmp_path / "sweep"
     result = hydratune(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer import stats
+from trainer.evaluation import stats
 
 
 def binary(p: float, n: int, seed: int) -> list[float]:

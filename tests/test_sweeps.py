@@ -12,9 +12,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.helpers import hydratune
-from trainer import rundir, sweeps
-from trainer.errors import UserError
-from trainer.threads import usable_cores
+from trainer.config.errors import UserError
+from trainer.report import sweeps
+from trainer.run import rundir
+from trainer.run.threads import usable_cores
 
 TINY = ["model=tiny_random", "train.max_steps=2", "eval.max_examples=4", "eval.generation.max_new_tokens=4"]
 
@@ -38,7 +39,7 @@ def logs(sweep_dir: Path) -> list[str]:
 
 
 def compose_with_hydra(*overrides: str):
-    from trainer import schema
+    from trainer.config import schema
 
     return schema.compose(list(overrides), hydra_node=True)
 
@@ -131,7 +132,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, cache_dir):
 def test_summary_counts_the_base_evaluation_and_the_regression_probe_cache_apart(tmp_path):
     """evaluation.cached logs one hit line per cached file: a run whose probe came from the cache but whose base
     evaluation did not was counted as a base-evaluation hit, and the probe's own reuse was never counted."""
-    hit = "[trainer.evaluation][INFO] - base evaluation cache hit: {}-0123456789abcdef.json\n"
+    hit = "[trainer.evaluation.local][INFO] - base evaluation cache hit: {}-0123456789abcdef.json\n"
     logs = {"0": "", "1": hit.format("regression"), "2": hit.format("base") + hit.format("regression")}
     for name, log in logs.items():
         run = tmp_path / name

@@ -9,7 +9,9 @@ import sys
 import pytest
 
 from tests.helpers import REPO
-from trainer import threads
+from trainer.run import threads
+
+pytestmark = pytest.mark.serial  # counts on the cores being free (make test runs these alone)
 
 ONE_CORE = {min(os.sched_getaffinity(0))}
 
@@ -19,7 +21,7 @@ def on_one_core() -> None:
 
 
 def test_usable_cores_follow_a_restricted_affinity():
-    code = "from trainer.threads import threads_per_process as t; print(t(None, 1), t(None, 2), t(3, 1))"
+    code = "from trainer.run.threads import threads_per_process as t; print(t(None, 1), t(None, 2), t(3, 1))"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, preexec_fn=on_one_core, check=True
     ).stdout
@@ -89,7 +91,7 @@ def test_quota_below_affinity_wins(monkeypatch):
 def test_parallel_sweep_shares_the_usable_cores(monkeypatch):
     """The parallel sweep divides the usable cores (not os.cpu_count()) among the runs it starts at once."""
     from tests.test_sweeps import compose_with_hydra
-    from trainer import sweeps
+    from trainer.report import sweeps
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
     monkeypatch.setattr(threads, "cgroup_cpu_quota", lambda: None)

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from launchers.cloud.client import RETRY_STATUS, retry_delay
-from trainer.errors import UserError
+from trainer.config.errors import UserError
 
 log = logging.getLogger(__name__)
 

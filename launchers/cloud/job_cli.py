@@ -18,9 +18,9 @@ from launchers.cloud import provider as provider_api
 from launchers.cloud.client import user_errors
 from launchers.cloud.retrying import Retry
 from launchers.cloud.state import FILE_NAME, State
-from trainer.errors import UserError
-from trainer.rundir import REDACTED
-from trainer.schema import CloudHardwareSchema
+from trainer.config.errors import UserError
+from trainer.config.schema import CloudHardwareSchema
+from trainer.run.rundir import REDACTED
 
 ACTIONS = ("status", "attach", "cancel")
 

@@ -17,11 +17,11 @@ from launchers.cloud.client import api_error, transient
 from launchers.cloud.provider import TERMINAL, Job, Provider
 from launchers.cloud.retrying import Retry
 from launchers.cloud.state import State
-from trainer.errors import UserError
+from trainer.config.errors import UserError
 
 log = logging.getLogger(__name__)
 EVENTS_FILE = "cloud_events.jsonl"
-METRICS_FILE = "metrics.jsonl"  # the local runs' training log (trainer/loggers.py)
+METRICS_FILE = "metrics.jsonl"  # the local runs' training log (trainer/run/loggers.py)
 
 
 def settings(provider: Provider, cfg: Any, model: str, train_sha256: str, validation_sha256: str | None) -> dict:
@@ -83,7 +83,11 @@ class EventLog:
         self.seen = {e["id"] for e in self.events}
 
     def fetch(self, provider: Provider, retry: Retry, job_id: str) -> list[dict[str, Any]]:
-        rows = provider.events(retry, job_id, self.seen)
+        return self.add(provider.events(retry, job_id, self.seen), job_id)
+
+    def add(self, rows: list[dict[str, Any]], job_id: str) -> list[dict[str, Any]]:
+        """Append new events (a loop-style provider's own, one per step); the ones not seen before."""
+        rows = [r for r in rows if r["id"] not in self.seen]
         if self.metrics_path is not None:
             with open(self.metrics_path, "a") as f:
                 for row in rows:
@@ -112,6 +116,7 @@ def _records(event: dict[str, Any]) -> list[dict[str, Any]]:
                 "step": step,
                 "loss": data["train_loss"],
                 **_opt("mean_token_accuracy", data.get("train_mean_token_accuracy")),
+                **(data.get("train_metrics") or {}),  # a loop-style provider's objective metrics (GRPO's rewards)
             }
         )
     if data.get("valid_loss") is not None:

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
 
-from trainer.errors import UserError
-from trainer.schema import is_cloud
+from trainer.config.errors import UserError
+from trainer.config.schema import is_cloud
 
 #: A model whose training closes within this many days gets a warning in prepare, the estimate and the report.
 WARN_DAYS = 90

@@ -13,7 +13,8 @@ from typing import Any
 
 from launchers.cloud import lifecycle, pricing, provider_data, tokens
 from launchers.cloud import provider as provider_api
-from trainer import atomic, objectives
+from trainer.engine import objectives
+from trainer.run import atomic
 
 log = logging.getLogger(__name__)
 TRAIN_FILE, VALIDATION_FILE, ESTIMATE_FILE = "provider_train.jsonl", "provider_validation.jsonl", "cloud_estimate.json"
@@ -67,14 +68,15 @@ def _prepare(cfg: Any, run_dir: Path) -> Prepared:
     if examples.skipped:
         log.warning("%d row(s) skipped (dataset.on_error=skip)", len(examples.skipped))
     method = objectives.provider_method(cfg)
-    train = provider_data.convert(list(examples.train), method)
-    validation = provider_data.convert(list(examples.validation), method)
+    provider = provider_api.get(hw)
+    tools = getattr(provider, "tools", False)  # it trains function calling from the rows' tools and calls
+    train = provider_data.convert(list(examples.train), method, tools)
+    validation = provider_data.convert(list(examples.validation), method, tools)
     provider_data.raise_if_invalid(
         provider_data.validate(train, "train") + provider_data.validate(validation, "validation")
     )
     enc = tokens.get_encoding(cfg.model.encoding)
-    counts, assistant = tokens.count_examples(train, enc)
-    provider = provider_api.get(hw)
+    counts, assistant = tokens.count_examples(train, enc, str(hw.provider))
     model = provider.model_name(cfg)
     estimate = pricing.estimate(model, counts, cfg.model.max_context, provider.epochs(cfg), provider.price_table(cfg))
     stats = _stats(train, counts, assistant)

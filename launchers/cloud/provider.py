@@ -1,13 +1,20 @@
 """The interface every fine-tuning provider implements, and the registry that picks one by ``hardware.provider``.
 
-A provider is one module in launchers/cloud/providers/ (named like its ``hardware.provider`` value) plus its
-``hardware/`` option. The generic code around it (uploads.py, jobs.py, training.py) does what must hold for every
+A provider is one module in launchers/cloud/providers/ (named like its ``hardware.provider`` value: the registry
+finds it there, nothing lists it) plus its ``hardware/`` option (which names the model options it trains and the
+objectives it offers) and a fake server its real SDK talks to under tests/. The module defines ``make(hw)``, returning
+the Provider, and ``sdk_errors()``: (connection errors, HTTP status errors, any API error) of its SDK, for the
+retries (launchers/cloud/client.py). The generic code around it (uploads.py, jobs.py, training.py) does what must hold for every
 provider: the run dir remembers uploads and jobs so nothing is paid twice, transient errors are retried, secrets come
 from the environment only and the cost is estimated before anything is uploaded. The provider only speaks its API:
 
 - files: find one by name, upload one, report whether it is processed;
 - jobs: the create arguments from the config, find one by training file, create one, read one, cancel one;
 - events (with metrics) and checkpoints of a job;
+- or, for a provider with training primitives instead of jobs (Tinker), ``train_loop(cfg, state, events) -> Job``:
+  hydratune's own loop, run step by step at the provider, resuming from the state the run dir records;
+- ``tools = True`` for a provider whose format takes function calling (rows' ``tools`` and ``tool_calls``, sent in
+  OpenAI's shape by provider_data.py);
 - the result: where the fine-tuned model is (a model id to query, or weights downloaded into the run dir) and how
   the evaluation reaches the base and fine-tuned models.
 """
@@ -16,16 +23,25 @@ from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from trainer.errors import UserError
+from trainer.config.errors import UserError
 
-#: hardware.provider -> module launchers.cloud.providers.<name>, whose ``make(hw)`` returns the Provider.
-PROVIDERS = ("openai", "azure_openai", "together")
+
+def names() -> tuple[str, ...]:
+    """Every provider: hardware.provider -> module launchers.cloud.providers.<name> (found, not listed)."""
+    from launchers.cloud import providers
+
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(providers.__path__) if not m.name.startswith("_")))
+
+
+#: hardware.provider -> the extra that installs its SDK, where it is not named like the provider.
+EXTRAS = {"openai": "cloud", "azure_openai": "cloud"}
 #: Normalized job states: every provider maps its own onto these.
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -119,16 +135,16 @@ class Provider(Protocol):
 
 def get(hw: Any) -> Provider:
     """The provider of ``hardware.provider`` (nothing is contacted, no credential is read yet)."""
-    if hw.provider not in PROVIDERS:
-        from trainer.errors import choice_error
+    if hw.provider not in names():
+        from trainer.config.errors import choice_error
 
-        raise choice_error("hardware.provider", hw.provider, PROVIDERS)
+        raise choice_error("hardware.provider", hw.provider, names())
     try:
         module = importlib.import_module(f"launchers.cloud.providers.{hw.provider}")
     except ImportError as exc:
         raise UserError(
             f"hardware.provider={hw.provider} needs a package that is not installed ({exc.name}): "
-            "pip install 'hydratune[cloud]'."
+            f"pip install 'hydratune[{EXTRAS.get(hw.provider, hw.provider)}]'."
         ) from None
     return module.make(hw)
 

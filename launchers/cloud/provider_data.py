@@ -3,6 +3,15 @@
 supervised: ``{"messages": [{"role", "content", optional "name", "weight"}]}`` (prompt/completion rows become
 a user and an assistant message). dpo: ``{"input": {"messages": [...]}, "preferred_output": [...],
 "non_preferred_output": [...]}`` from preference rows. Raw text rows cannot go to a chat API.
+
+For a provider that trains function calling from these rows (its ``tools = True``: OpenAI, Azure OpenAI, Together,
+Fireworks), function-calling rows go in the format OpenAI and Together both document for fine-tuning data (OpenAI's
+"fine-tuning with tool calling": https://platform.openai.com/docs/guides/fine-tuning; Together's conversational and
+preference formats: https://docs.together.ai/docs/fine-tuning/function-calling): the row's ``tools`` beside
+``messages`` (inside ``input`` for dpo), assistant ``tool_calls`` as ``{"id", "type": "function", "function":
+{"name", "arguments"}}`` with the arguments a JSON string (canonical rows hold them parsed) and no ``content`` when
+there is none, ``tool`` messages with their ``tool_call_id``. Reasoning (``reasoning_content``) has no place in
+either format.
 """
 
 from __future__ import annotations
@@ -12,7 +21,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import UserError
+from trainer.config.errors import UserError
+from trainer.evaluation.endpoint import openai_messages
 
 ROLES = ("system", "user", "assistant", "function", "tool")
 MESSAGE_KEYS = ("role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id")
@@ -38,7 +48,8 @@ def to_supervised(row: dict[str, Any]) -> dict[str, Any]:
     return _unsupported(row)
 
 
-def to_dpo(row: dict[str, Any]) -> dict[str, Any]:
+def to_dpo(row: dict[str, Any], tools: bool = False) -> dict[str, Any]:
+    """An OpenAI preference row; ``tools``: with the row's function definitions inside ``input``."""
     if "chosen" not in row or "rejected" not in row:
         raise UserError(
             "objective=dpo needs preference rows (prompt, chosen, rejected): use "
@@ -46,10 +57,13 @@ def to_dpo(row: dict[str, Any]) -> dict[str, Any]:
         )
     prompt = row["prompt"]
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    chosen, rejected = _as_assistant(row["chosen"]), _as_assistant(row["rejected"])
+    if not tools:
+        return {"input": {"messages": messages}, "preferred_output": chosen, "non_preferred_output": rejected}
     return {
-        "input": {"messages": messages},
-        "preferred_output": _as_assistant(row["chosen"]),
-        "non_preferred_output": _as_assistant(row["rejected"]),
+        "input": _tools_beside({"messages": openai_messages(messages)}, row.get("tools")),
+        "preferred_output": openai_messages(chosen),
+        "non_preferred_output": openai_messages(rejected),
     }
 
 
@@ -68,8 +82,23 @@ def _unsupported(row: dict[str, Any]) -> dict[str, Any]:
     raise UserError(f"A dataset row has keys {sorted(row)} that hydratune cannot turn into provider chat examples.")
 
 
-def convert(rows: list[dict[str, Any]], objective: str) -> list[dict[str, Any]]:
-    fn = to_dpo if objective == "dpo" else to_supervised
+def with_tools(row: dict[str, Any]) -> dict[str, Any]:
+    """A supervised row with its function calling in the providers' shape (see the module docstring)."""
+    out = to_supervised(row)
+    if not row.get("tools") and not any(m.get("tool_calls") for m in out["messages"]):
+        return out
+    return _tools_beside({"messages": openai_messages(out["messages"])}, row.get("tools"))
+
+
+def _tools_beside(out: dict[str, Any], tools: list[dict] | None) -> dict[str, Any]:
+    return {**out, "tools": tools} if tools else out
+
+
+def convert(rows: list[dict[str, Any]], objective: str, tools: bool = False) -> list[dict[str, Any]]:
+    """The provider rows; ``tools``: the provider trains function calling (see :func:`with_tools`)."""
+    if objective == "dpo":
+        return [to_dpo(row, tools) for row in rows]
+    fn = with_tools if tools else to_supervised
     return [fn(row) for row in rows]
 
 
@@ -83,7 +112,7 @@ def check_messages(messages: Any, where: str) -> list[str]:
         if not isinstance(m, dict):
             errors.append(f"{at}: not an object")
             continue
-        if "role" not in m or "content" not in m:
+        if "role" not in m or ("content" not in m and not m.get("tool_calls")):
             errors.append(f"{at}: missing {'role' if 'role' not in m else 'content'}")
         unknown = sorted(set(m) - set(MESSAGE_KEYS))
         if unknown:

@@ -38,7 +38,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.errors import UserError
+from trainer.config.errors import UserError
 
 log = logging.getLogger(__name__)
 #: Requests that one prompt's content breaks (too long, refused): the others go on; every other error stops the run.
@@ -130,8 +130,8 @@ def main(args: list[str]) -> None:
 
 def compose(overrides: list[str]) -> DictConfig:
     """The config these overrides compose (no run dir), its keys and ranges checked."""
-    from trainer import schema
-    from trainer.config_checks import check_schema
+    from trainer.config import schema
+    from trainer.config.checks import check_schema
 
     cfg = schema.compose(overrides)
     check_schema(cfg)
@@ -142,7 +142,7 @@ def record(cfg: DictConfig) -> Summary:
     """Send every prompt of ``cfg.dataset`` without an answer in ``record.out`` to ``record.endpoint``; append the
     answers. Returns what this run did."""
     from trainer.data import load_examples
-    from trainer.endpoint_eval import client_for
+    from trainer.evaluation.endpoint import client_for
 
     rec = cfg.record
     endpoint = _check(rec)
@@ -204,7 +204,7 @@ def _check(rec: Any) -> Any:
             "record.endpoint.usd_per_million_input_tokens and usd_per_million_output_tokens (the provider's price "
             "list for this model), or drop record.max_usd."
         )
-    from trainer.endpoint_eval import check_key
+    from trainer.config.endpoints import check_key
 
     check_key(endpoint, "record.endpoint")
     return endpoint
@@ -266,7 +266,7 @@ class Journal:
     prompt sent, per prompt refused and per empty answer). Every line is one write followed by an fsync."""
 
     def __init__(self, out: Path, endpoint: Any) -> None:
-        from trainer.secrets import redact_text
+        from trainer.config.secrets import redact_text
 
         self.out, self.sent_path = out, out.with_name(out.name + SENT_SUFFIX)
         self.header = {"model": str(endpoint.model), "base_url": redact_text(str(endpoint.base_url))}
@@ -357,7 +357,7 @@ class Journal:
         ordered = sorted(rows, key=lambda kr: rank.get(kr[0], len(rank)))
         if [k for k, _ in ordered] == [k for k, _ in rows]:
             return
-        from trainer.atomic import write_text
+        from trainer.run.atomic import write_text
 
         write_text(self.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for _, r in ordered))
 
@@ -524,7 +524,7 @@ def _send(todo: list[Prompt], client: Any, rec: Any, journal: Journal, summary: 
 def _stopped(exc: BaseException, endpoint: Any, summary: Summary) -> UserError:
     if isinstance(exc, UserError):
         return exc
-    from trainer.endpoint_eval import _describe
+    from trainer.evaluation.endpoint import _describe
 
     return UserError(
         f"record.endpoint ({endpoint.model} at {endpoint.base_url}) failed after {endpoint.max_retries} retries: "

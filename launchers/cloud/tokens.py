@@ -6,6 +6,13 @@ that packaged copy (decompressed, hash-checked) and tiktoken never touches the n
 
 Counting follows OpenAI's documented rule (the fine-tuning data-preparation cookbook): 3 tokens per message,
 1 more for a name, 3 per conversation (the primed reply). Non-string values (a numeric ``weight``) are skipped.
+
+A function-calling row's ``tools`` count as the provider bills them: OpenAI (and Azure OpenAI) by OpenAI's rule for
+function definitions (the cookbook "How to count tokens with tiktoken", section 7: fixed tokens per function, per
+property, per enum item and at the end, plus the text of each name, description and property line); every other
+provider trains on the prompt its model's chat template writes, so there the tools count as their JSON text (what
+templates write, ``tools | tojson``). An assistant's tool calls count as the text of their names and arguments
+(trained tokens, like its content).
 """
 
 from __future__ import annotations
@@ -13,13 +20,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import json
 import os
 import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import UserError
+from trainer.config.errors import UserError
 
 _BLOB = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
 #: The sha256 tiktoken expects for each encoding file (tiktoken_ext/openai_public.py).
@@ -30,6 +38,11 @@ EXPECTED_SHA256 = {
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 TOKENS_PER_CONVERSATION = 3
+#: Providers that bill function definitions by OpenAI's rule (the others: as the JSON their templates write).
+OPENAI_TOOL_RULE = ("openai", "azure_openai")
+#: OpenAI's fixed tokens for function definitions, by encoding: per function, at the start of its properties, per
+#: property, for an enum, per enum item, and once after the definitions (the cookbook's gpt-4o / gpt-4 values).
+TOOL_OVERHEADS = {"o200k_base": (7, 3, 3, -3, 3, 12), "cl100k_base": (10, 3, 3, -3, 3, 12)}
 
 
 def tiktoken_cache_dir() -> str:
@@ -129,30 +142,83 @@ def example_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
     return [*row["input"]["messages"], *row["preferred_output"], *row["non_preferred_output"]]
 
 
-def count_examples(rows: list[dict[str, Any]], enc: Any) -> tuple[list[int], list[int]]:
-    """(tokens, assistant tokens) of each row, as :func:`message_tokens` and :func:`assistant_tokens` count them.
+def example_tools(row: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A provider row's function definitions (beside the messages, or in a DPO row's input)."""
+    return row.get("tools") if "messages" in row else row["input"].get("tools")
 
-    Each distinct text is encoded once: the roles, and a system prompt that every row repeats, cost one call each.
+
+def openai_tool_tokens(tools: list[dict[str, Any]], enc: Any) -> int:
+    """OpenAI's rule for the tokens of a request's function definitions (see the module docstring)."""
+    func_init, prop_init, prop_key, enum_init, enum_item, func_end = TOOL_OVERHEADS.get(
+        enc.name, TOOL_OVERHEADS["o200k_base"]
+    )
+    total = 0
+    for tool in tools:
+        fn = tool["function"]
+        total += func_init + _count(enc, f"{fn['name']}:{str(fn.get('description') or '').removesuffix('.')}")
+        properties = (fn.get("parameters") or {}).get("properties") or {}
+        if properties:
+            total += prop_init
+        for key, prop in properties.items():
+            total += prop_key
+            if "enum" in prop:
+                total += enum_init + sum(enum_item + _count(enc, str(item)) for item in prop["enum"])
+            kind, description = prop.get("type", ""), str(prop.get("description") or "").removesuffix(".")
+            total += _count(enc, f"{key}:{kind}:{description}")
+    return total + func_end if tools else 0
+
+
+def tool_tokens(tools: list[dict[str, Any]] | None, enc: Any, provider: str) -> int:
+    """The tokens ``provider`` bills for a row's function definitions."""
+    if not tools:
+        return 0
+    if provider in OPENAI_TOOL_RULE:
+        return openai_tool_tokens(tools, enc)
+    return sum(_count(enc, json.dumps(tool, ensure_ascii=False)) for tool in tools)
+
+
+def count_examples(rows: list[dict[str, Any]], enc: Any, provider: str = "openai") -> tuple[list[int], list[int]]:
+    """(tokens, assistant tokens) of each row, as :func:`message_tokens` and :func:`assistant_tokens` count them, plus
+    the row's tools (:func:`tool_tokens`) and its assistants' tool calls (names and arguments, trained tokens).
+
+    Each distinct text is encoded once: the roles, and a system prompt that every row repeats, cost one call each
+    (and a list of tools that every row repeats is counted once).
     """
     conversations = [example_messages(row) for row in rows]
     counts: dict[str, int] = {}
+    tools_counted: dict[str, int] = {}
     encode = enc.encode_ordinary
+
+    def n_tokens(text: str) -> int:
+        n = counts.get(text)
+        if n is None:
+            n = counts[text] = len(encode(text))
+        return n
+
     totals, answers = [], []
-    for messages in conversations:
+    for row, messages in zip(rows, conversations, strict=True):
         total, answer = TOKENS_PER_CONVERSATION, 0
+        tools = example_tools(row)
+        if tools:
+            key = json.dumps(tools, sort_keys=True)
+            if key not in tools_counted:
+                tools_counted[key] = tool_tokens(tools, enc, provider)
+            total += tools_counted[key]
         for message in messages:
             total += TOKENS_PER_MESSAGE
             for key, value in message.items():
                 if not isinstance(value, str):
                     continue  # weight: 0/1 and other non-text fields take no tokens
-                n = counts.get(value)
-                if n is None:
-                    n = counts[value] = len(encode(value))
+                n = n_tokens(value)
                 total += n
                 if key == "name":
                     total += TOKENS_PER_NAME
                 elif key == "content" and message.get("role") == "assistant":
                     answer += n
+            for call in message.get("tool_calls") or []:
+                n = n_tokens(call["function"]["name"]) + n_tokens(call["function"]["arguments"])
+                total += n
+                answer += n if message.get("role") == "assistant" else 0
         totals.append(total)
         answers.append(answer)
     return totals, answers

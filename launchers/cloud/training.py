@@ -14,7 +14,7 @@ from launchers.cloud.provider import Job, Provider
 from launchers.cloud.retrying import Retry
 from launchers.cloud.state import FILE_NAME as STATE_FILE
 from launchers.cloud.state import State
-from trainer.errors import UserError
+from trainer.config.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def run(cfg: Any, command: str) -> None:
 
 
 def _run(cfg: Any, command: str) -> None:
-    from trainer import rundir
+    from trainer.run import rundir
 
     run_dir = Path(cfg.output_dir)
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per poll otherwise
@@ -48,7 +48,17 @@ def _run(cfg: Any, command: str) -> None:
 
 
 def train(cfg: Any, provider: Provider, state: State, retry: Retry, prepared: Prepared, events: jobs.EventLog) -> Job:
-    """Upload (once), create or find the job, follow it to the end; the succeeded job, else a UserError."""
+    """Upload (once), create or find the job, follow it to the end; the succeeded job, else a UserError. A provider
+    with training primitives instead of jobs (Tinker) runs hydratune's own loop there: its ``train_loop``."""
+    loop = getattr(provider, "train_loop", None)
+    if loop is not None:
+        try:
+            return loop(cfg, state, events)
+        except KeyboardInterrupt:
+            raise UserError(
+                f"Interrupted. Run the same command again to resume from the last saved state: {cfg.output_dir} "
+                "records it, so no step before it is trained (or paid for) again."
+            ) from None
     model = provider.model_name(cfg)
     wanted = jobs.settings(provider, cfg, model, prepared.train_sha256, prepared.validation_sha256)
     jobs.check_settings(state, wanted)
@@ -127,14 +137,15 @@ def finish(
     if prepared.lifecycle is not None and prepared.lifecycle.closing_soon:
         metrics["lifecycle"] = prepared.lifecycle.as_dict()
     if cfg.eval.enabled and result.get("weights"):  # downloaded: evaluated here, as a local run is
-        from launchers.cloud import local_eval
+        from trainer.engine import downloaded
 
-        metrics.update(local_eval.evaluate(cfg, run_dir, run_dir / result["weights"]))
+        metrics.update(downloaded.evaluate(cfg, run_dir, run_dir / result["weights"]))
     elif cfg.eval.enabled:
         tuned = job.fine_tuned_model
         assert tuned is not None, f"job {job.id} succeeded without a fine-tuned model name"
         metrics.update(evaluate_all(cfg, provider, state, retry, prepared, tuned, run_dir))
     if cfg.eval.enabled:
+        metrics.setdefault("objective", {"name": cfg.objective.name, "headline": list(cfg.objective.headline)})
         add_break_even(cfg, metrics, prepared, job)
     write_report(run_dir, metrics, history, f"{cfg.run_name}: {job.model} fine-tuned at {cfg.hardware.provider}")
     state.update_job(reported=True)
@@ -142,8 +153,9 @@ def finish(
 
 def add_break_even(cfg: Any, metrics: dict[str, Any], prepared: Prepared, job: Job) -> None:
     """The report's cost and break-even: the job's billed training tokens x the training price, against the
-    K-shot prompts' longer queries (trainer.cost)."""
-    from trainer import cost, evaluation
+    K-shot prompts' longer queries (trainer.evaluation.cost)."""
+    from trainer.evaluation import cost
+    from trainer.evaluation import local as evaluation
 
     queries = evaluation.queries(prepared.examples.validation, cfg.eval.max_examples)
     section = cost.provider(cfg, metrics, metrics["cost"], job.trained_tokens, queries, prepared.examples.train)
@@ -167,8 +179,9 @@ def evaluate_all(
     cfg: Any, provider: Provider, state: State, retry: Retry, prepared: Prepared, tuned: str | None, run_dir: Path
 ) -> dict[str, Any]:
     """Base, few-shot base and fine-tuned columns (and eval.compare_models) on the same held-out queries as a
-    local run, with the same metrics: trainer.endpoint_eval with this provider's client and retries."""
-    from trainer import endpoint_eval, evaluation
+    local run, with the same metrics: trainer.evaluation.endpoint with this provider's client and retries."""
+    from trainer.evaluation import endpoint as endpoint_eval
+    from trainer.evaluation import local as evaluation
 
     ev, hw = cfg.eval, cfg.hardware
     queries = evaluation.queries(prepared.examples.validation, ev.max_examples)
@@ -198,6 +211,6 @@ def evaluate_all(
 
 
 def write_report(run_dir: Path, metrics: dict, history: list[dict], title: str) -> None:
-    from trainer.report_files import write_report as write
+    from trainer.report.files import write_report as write
 
     write(run_dir, metrics, history, title)

@@ -14,7 +14,7 @@ from launchers.cloud.client import api_error, transient
 from launchers.cloud.provider import Provider
 from launchers.cloud.retrying import Retry
 from launchers.cloud.state import State
-from trainer.errors import UserError
+from trainer.config.errors import UserError
 
 log = logging.getLogger(__name__)
 

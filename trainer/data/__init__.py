@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import logging
 import random
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.config.errors import UserError
+from trainer.config.schema import DatasetSchema, SourceSchema, dataset_schema
 from trainer.data.examples import Examples
-from trainer.errors import UserError
-from trainer.schema import DatasetSchema, SourceSchema, dataset_schema
 
 if TYPE_CHECKING:
     import datasets
@@ -50,10 +51,16 @@ class Prepared:
 def load_examples(dataset_cfg: DictConfig, report_dir: Path | None = None) -> Examples:
     """Load every source of the dataset config, validate every row, split train/validation.
 
+    The rows are read in one pass into a spool on disk (trainer/data/rows.py); ``Examples.train`` and
+    ``.validation`` are sequences that read them back on demand, so memory does not grow with the row count.
+
     on_error=fail raises UserError listing every bad row as ``file:line: what is wrong`` (the first 20 in the
     message, all of them in ``invalid_rows.txt`` in ``report_dir`` or a temporary file).
     """
-    from trainer.data.split import drop_overlap, split_indices, weighted
+    import numpy as np
+
+    from trainer.data.rows import Rows, Spool
+    from trainer.data.split import split_keys, weighted_indices
     from trainer.data.validate import bad_rows_error, check_on_error, load_source, row_warnings
 
     cfg = dataset_schema(dataset_cfg)
@@ -63,28 +70,33 @@ def load_examples(dataset_cfg: DictConfig, report_dir: Path | None = None) -> Ex
             "dataset.validation_rows and dataset.validation_path/validation_split both name validation data; keep one."
         )
     sources: list[SourceSchema] = [cfg, *cfg.mix]
-    loaded = [load_source(s) for s in sources]
+    folder = Path(tempfile.mkdtemp(prefix="hydratune-rows-"))
+    spool = Spool(folder / "rows.arrow")
+    try:
+        loaded = [load_source(s, spool=spool) for s in sources]
+        external = None
+        if cfg.validation_path:
+            external = load_source(cfg, path=cfg.validation_path, spool=spool)
+        elif cfg.validation_split:
+            from trainer.data.read import is_local
+
+            if is_local(cfg.path) and not Path(cfg.path).is_dir():
+                raise UserError(
+                    f"dataset.validation_split={cfg.validation_split}: {cfg.path} is a single file "
+                    "without named splits. Use dataset.validation_path=FILE or dataset.validation_size."
+                )
+            external = load_source(cfg, split=cfg.validation_split, spool=spool)
+    finally:
+        store = spool.close(unlink=True)
+        folder.rmdir()
     bad = [b for part in loaded for b in part.bad]
     ignored = sum((part.ignored for part in loaded), Counter())
-
-    external = None
-    if cfg.validation_path:
-        external = load_source(cfg, path=cfg.validation_path)
-    elif cfg.validation_split:
-        from trainer.data.read import is_local
-
-        if is_local(cfg.path) and not Path(cfg.path).is_dir():
-            raise UserError(
-                f"dataset.validation_split={cfg.validation_split}: {cfg.path} is a single file "
-                "without named splits. Use dataset.validation_path=FILE or dataset.validation_size."
-            )
-        external = load_source(cfg, split=cfg.validation_split)
     if external is not None:
         bad += external.bad
 
     if bad and cfg.on_error == "fail":
         raise bad_rows_error(bad, report_dir)
-    if not any(part.rows for part in loaded):
+    if not any(len(part) for part in loaded):
         raise UserError(
             f"dataset {cfg.name}: no usable rows in {cfg.path}"
             f"{' (all ' + str(len(bad)) + ' rows were invalid)' if bad else ''}. Check the file and "
@@ -96,46 +108,59 @@ def load_examples(dataset_cfg: DictConfig, report_dir: Path | None = None) -> Ex
     if cfg.train_rows or cfg.validation_rows:
         external = _row_ranges(cfg, loaded, external)
     if external is not None:
-        validation = external.rows
+        validation = external
         train_parts = []
         for part in loaded:
-            kept, removed = drop_overlap(part.rows, validation)
+            overlap = np.isin(part.keys, validation.keys)
+            removed = int(overlap.sum())
             if removed:
                 warnings.append(f"{removed} training rows also appear in the validation data; removed from train")
-            train_parts.append(kept)
+            train_parts.append(part.take(~overlap))
     else:
-        pooled = [r for part in loaded for r in part.rows]
-        owner = [k for k, part in enumerate(loaded) for _ in part.rows]
-        train_idx, val_idx = split_indices(pooled, cfg.validation_size, seed)
-        validation = [pooled[i] for i in val_idx]
-        train_parts = [[] for _ in loaded]
-        for i in train_idx:
-            train_parts[owner[i]].append(pooled[i])
+        pooled = _concat(loaded)
+        owner = np.concatenate([np.full(len(part), k, dtype=np.int64) for k, part in enumerate(loaded)])
+        train_idx, val_idx = split_keys(pooled.keys, cfg.validation_size, seed)
+        validation = pooled.take(val_idx)
+        train_parts = [pooled.take(train_idx[owner[train_idx] == k]) for k in range(len(loaded))]
 
-    train: list[dict] = []
-    for k, (source, rows) in enumerate(zip(sources, train_parts, strict=True)):
+    picks = []
+    for k, (source, part) in enumerate(zip(sources, train_parts, strict=True)):
         weight = source.weight
-        train += rows if weight == 1.0 else weighted(rows, weight, seed + k)
+        picks.append(part if weight == 1.0 else part.take(weighted_indices(len(part), weight, seed + k)))
+    train = _concat(picks)
     limit = cfg.max_train_examples
     if limit is not None and len(train) > limit:
-        keep = sorted(random.Random(seed).sample(range(len(train)), limit))
-        train = [train[i] for i in keep]
-    if not train:
+        keep = np.asarray(sorted(random.Random(seed).sample(range(len(train)), limit)), dtype=np.int64)
+        train = train.take(keep)
+    if not len(train):
         raise UserError(
             f"dataset {cfg.name}: no training rows are left after the validation split. "
             "Add data or lower dataset.validation_size."
         )
 
-    warnings = row_warnings(train + validation, ignored) + warnings
+    warnings = row_warnings(_concat([train, validation]), ignored) + warnings
     if bad:
         warnings.insert(0, f"{len(bad)} invalid rows skipped (on_error=skip); listed in skipped_rows.txt")
-    return Examples(train=train, validation=validation, skipped=bad, warnings=warnings)
+    rows = cast(list, Rows(store, train.ids)), cast(list, Rows(store, validation.ids))  # read-only lists on disk
+    return Examples(train=rows[0], validation=rows[1], skipped=bad, warnings=warnings)
+
+
+def _concat(parts: list):
+    import numpy as np
+
+    from trainer.data.validate import Loaded
+
+    return Loaded(
+        np.concatenate([p.ids for p in parts]),
+        np.concatenate([p.positions for p in parts]),
+        np.concatenate([p.keys for p in parts]),
+        np.concatenate([p.flags for p in parts]),
+    )
 
 
 def _row_ranges(cfg: DatasetSchema, loaded: list, external):
     """Apply dataset.train_rows / validation_rows to the first source: keep its training rows in ``loaded[0]``,
     return the validation rows as the external validation set (or ``external`` when there is no validation range)."""
-    from trainer.data.validate import Loaded
 
     def window(key: str) -> tuple[int, int] | None:
         value = getattr(cfg, key)
@@ -149,17 +174,12 @@ def _row_ranges(cfg: DatasetSchema, loaded: list, external):
 
     train_w, val_w = window("train_rows"), window("validation_rows")
     primary = loaded[0]
-    inside = lambda w, pos: w[0] <= pos < w[1]  # noqa: E731
-    train, validation = Loaded(), Loaded()
-    for row, where, pos in zip(primary.rows, primary.wheres, primary.positions, strict=True):
-        if val_w and inside(val_w, pos):
-            validation.rows.append(row)
-            validation.wheres.append(where)
-        elif train_w is None or inside(train_w, pos):
-            train.rows.append(row)
-            train.wheres.append(where)
+    pos = primary.positions
+    in_val = (pos >= val_w[0]) & (pos < val_w[1]) if val_w else pos < 0
+    in_train = ~in_val & ((pos >= train_w[0]) & (pos < train_w[1]) if train_w else pos >= 0)
+    train, validation = primary.take(in_train), primary.take(in_val)
     for key, w, part in (("train_rows", train_w, train), ("validation_rows", val_w, validation)):
-        if w and not part.rows:
+        if w and not len(part):
             raise UserError(
                 f"dataset.{key}={list(w)} selects no usable rows of {cfg.path} ({len(primary.positions)} usable "
                 "rows). Check the range."
@@ -181,41 +201,76 @@ def _settings(cfg: DictConfig) -> dict:
 
 
 def prepare(cfg: DictConfig, tokenizer, run_dir: Path | None) -> Prepared:
-    """Validate, tokenize, label, truncate, pack and cache the dataset of the root config ``cfg``."""
+    """Validate, tokenize, label, truncate, pack and cache the dataset of the root config ``cfg``.
+
+    Every stage streams: rows are read into a spool on disk, tokenized a chunk at a time over the run's cores
+    (``hardware.threads``, else the usable cores) and written to the entry's Arrow files as they come, so memory does
+    not grow with the dataset. With ``dataset.use_cache=false`` the entry is built the same way, read into memory
+    and removed.
+    """
     from trainer.data import cache
+    from trainer.run import atomic
 
     settings = _settings(cfg)
     run_dir = Path(run_dir) if run_dir is not None else None
     key = cache.cache_key(cfg.dataset, tokenizer, settings)
     folder = Path(cfg.cache_dir) / "datasets" / key
     started = time.perf_counter()
-    loaded = cache.load_verified(folder) if cfg.dataset.use_cache and cache.exists(folder) else None
+    use_cache = bool(cfg.dataset.use_cache)
+    loaded = cache.load_verified(folder) if use_cache and cache.exists(folder) else None
     hit = loaded is not None
     if loaded is not None:
         train, validation, examples, stats = loaded
         log.info("dataset cache hit %s", key)
     else:
         log.info("dataset cache miss %s", key)
-        train, validation, examples, stats = _build(cfg, tokenizer, settings, run_dir)
-        if cfg.dataset.use_cache:
-            cache.save(folder, train, validation, examples, stats)
+        _slow_for_tests()
+        scratch = None if use_cache else Path(tempfile.mkdtemp(prefix="hydratune-prepare-"))
+        target = folder if scratch is None else scratch / key
+        try:
+            with atomic.staged_folder(target, keep_if=cache.MANIFEST) as tmp:
+                examples, stats = _build(cfg, tokenizer, settings, run_dir, tmp)
+                cache.finish(tmp, key, examples, stats)
+            train, validation, examples, stats = cache.load(target, in_memory=scratch is not None)
+        finally:
+            if scratch is not None:
+                atomic.remove(scratch)
     stats = {**stats, "cache_key": key, "cache_hit": hit, "seconds": round(time.perf_counter() - started, 3)}
     if run_dir is not None:
         _write_run_files(run_dir, stats, examples, key, hit, folder)
     return Prepared(train, validation, examples, stats, key, hit)
 
 
-def _build(cfg: DictConfig, tokenizer, settings: dict, run_dir: Path | None):
+def _slow_for_tests() -> None:
+    """Tests only (tests/test_prepare_once.py): ``HYDRATUNE_TEST_PREPARE_DELAY_S=S`` makes every cache miss take S
+    seconds longer, a preparation that outlasts a deliberately short process-group timeout wherever it runs."""
+    import os
+
+    delay = float(os.environ.get("HYDRATUNE_TEST_PREPARE_DELAY_S") or 0)
+    if delay > 0:
+        log.warning("HYDRATUNE_TEST_PREPARE_DELAY_S=%s: preparation slowed down for a test", delay)
+        time.sleep(delay)
+
+
+def _build(cfg: DictConfig, tokenizer, settings: dict, run_dir: Path | None, folder: Path):
+    """Tokenize both splits into ``folder``/train.arrow and validation.arrow; returns (examples, statistics)."""
+    from trainer.data.parallel import encode_split, workers_for
     from trainer.data.stats import split_stats
-    from trainer.data.tokenize import Encoder, to_dataset
+    from trainer.data.tokenize import Encoder
 
     examples = load_examples(cfg.dataset, run_dir)
-    encoder = Encoder(tokenizer, settings["max_length"], bool(cfg.dataset.train_on_all_tokens))
-    out, parts = {}, {}
+    encoder = Encoder(
+        tokenizer, settings["max_length"], bool(cfg.dataset.train_on_all_tokens), str(cfg.dataset.reasoning)
+    )
+    workers = workers_for(OmegaConf.select(cfg, "hardware.threads", default=None))
+    packing = (settings["max_length"], settings["packing_strategy"]) if settings["packing"] else None
+    parts, written = {}, {}
     for split, rows in (("train", examples.train), ("validation", examples.validation)):
-        enc = _encode(encoder, rows, split)
-        out[split] = to_dataset(enc.input_ids, enc.labels)
-        parts[split] = split_stats(rows, enc.tokens, enc.loss_tokens, enc.truncated, len(enc.no_loss))
+        target, pack = folder / f"{split}.arrow", packing if split == "train" else None
+        done = _encode(lambda r=rows, t=target, p=pack: encode_split(encoder, r.texts, t, workers, p), split)
+        tokens, loss_tokens, messages = done.counts()
+        parts[split] = split_stats(rows, tokens, loss_tokens, done.truncated, done.no_loss, messages)
+        written[split] = done
     warnings = list(examples.warnings)
     truncated = parts["train"]["truncated"] + parts["validation"]["truncated"]
     if truncated:
@@ -225,16 +280,11 @@ def _build(cfg: DictConfig, tokenizer, settings: dict, run_dir: Path | None):
     dropped = parts["train"]["dropped_without_answer_tokens"] + parts["validation"]["dropped_without_answer_tokens"]
     if dropped:
         warnings.append(f"{dropped} examples have no answer tokens left after truncation and are not used")
-    if len(out["train"]) == 0:
+    if written["train"].kept == 0:
         raise UserError(
             f"no training example has any answer token within max_length={settings['max_length']}. "
             "Raise train.max_length or shorten the prompts."
         )
-    train = out["train"]
-    if settings["packing"]:
-        from trainer.data.pack import pack
-
-        train = pack(train, settings["max_length"], settings["packing_strategy"])
     examples.warnings = warnings
     stats = {
         "name": cfg.dataset.name,
@@ -243,16 +293,16 @@ def _build(cfg: DictConfig, tokenizer, settings: dict, run_dir: Path | None):
         "validation": parts["validation"],
         "skipped": len(examples.skipped),
         "warnings": warnings,
-        "packed_sequences": len(train) if settings["packing"] else None,
+        "packed_sequences": written["train"].sequences if settings["packing"] else None,
     }
-    return train, out["validation"], examples, stats
+    return examples, stats
 
 
-def _encode(encoder, rows: list[dict], split: str):
+def _encode(run, split: str):
     from jinja2 import TemplateError
 
     try:
-        return encoder.encode(rows)
+        return run()
     except TemplateError as exc:
         raise UserError(
             f"the chat template rejects a {split} conversation: {exc}. The template may require "
@@ -262,8 +312,8 @@ def _encode(encoder, rows: list[dict], split: str):
 
 
 def _write_run_files(run_dir: Path, stats: dict, examples: Examples, key: str, hit: bool, folder: Path) -> None:
-    from trainer import atomic
     from trainer.data.validate import write_list
+    from trainer.run import atomic
 
     atomic.write_json(run_dir / "data_stats.json", stats)
     atomic.write_json(run_dir / "data_cache.json", {"key": key, "hit": hit, "path": str(folder)})

@@ -4,8 +4,10 @@ The key is a sha256 over the contents of every data file (a hub dataset contribu
 fingerprint ``datasets`` gives it), the tokenizer (its full definition, chat template and special tokens), the
 dataset config (format, columns, roles, templates, weights, split settings, train_on_all_tokens), max_length and
 the packing settings. Entries are written to a temporary folder and renamed into place, so a crash or a
-concurrent writer never leaves a half-written entry; each carries a manifest (size and sha256 of every file),
-checked on every load: a truncated, garbled, edited or incomplete entry is reported in one line and rebuilt.
+concurrent writer never leaves a half-written entry; each carries a manifest (its own key, and the size and sha256
+of every file), checked on every load: a truncated, garbled, edited or incomplete entry, or one that is another
+key's entry (a copy, or a symlink, under this key's name), is reported in one line and rebuilt. A full disk while an
+entry is written is one paragraph, and the partial entry is removed.
 """
 
 from __future__ import annotations
@@ -14,23 +16,23 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
+from typing import cast
 
 from omegaconf import DictConfig
 
-from trainer import atomic
-from trainer.atomic import clean_partials
-from trainer.schema import dataset_schema
+from trainer.config.schema import dataset_schema
+from trainer.run import atomic
+from trainer.run.atomic import clean_partials
 
 log = logging.getLogger(__name__)
 
-#: Bump when the tokenized layout changes, so old entries are not reused (2: entries carry a manifest).
-VERSION = 2
+#: Bump when the tokenized layout changes, so old entries are not reused (2: entries carry a manifest; 3: the
+#: manifest names the entry's key; 4: the canonical rows are in rows.arrow, written and read in chunks).
+VERSION = 4
 MANIFEST = "manifest.json"
-FILES = ("train.arrow", "validation.arrow", "examples.json", "stats.json")
-_IGNORED_KEYS = {"name", "use_cache", "path", "validation_path"}
+FILES = ("train.arrow", "validation.arrow", "rows.arrow", "examples.json", "stats.json")
+_IGNORED_KEYS = {"name", "use_cache", "streaming", "path", "validation_path"}  # streaming: never cached
 
 
 def _hash_path(h, path: str, split: str | None) -> None:
@@ -87,38 +89,40 @@ class Damaged(Exception):
 
 
 def save(folder: Path, train, validation, examples, stats: dict) -> None:
-    """Write the entry into a temporary folder of this process, with a manifest (size and sha256 of every
-    file), then rename it into place: readers see a complete entry or none, and the first of several concurrent
-    writers wins (their entries are identical)."""
-    clean_partials(folder.parent)
-    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
+    """Write the entry into a temporary folder of this process, with a manifest (its key, and the size and sha256
+    of every file), then rename it into place: readers see a complete entry or none, and the first of several
+    concurrent writers wins (their entries are identical)."""
+    with atomic.staged_folder(folder, keep_if=MANIFEST) as tmp:
         for name, ds in (("train", train), ("validation", validation)):
             _write_arrow(tmp / f"{name}.arrow", ds)
-        payload = {
-            "train": examples.train,
-            "validation": examples.validation,
-            "skipped": examples.skipped,
-            "warnings": examples.warnings,
-        }
-        (tmp / "examples.json").write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
-        manifest = {name: _describe(tmp / name) for name in FILES}
-        atomic.write_json(tmp / MANIFEST, {"version": VERSION, "files": manifest})
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if atomic.is_disk_error(exc):
-            raise atomic.disk_error(exc, getattr(exc, "filename", None) or tmp) from None
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process finished first: its entry is identical
-        shutil.rmtree(tmp, ignore_errors=True)
+        finish(tmp, folder.name, examples, stats)
+
+
+def finish(tmp: Path, key: str, examples, stats: dict) -> None:
+    """Complete an entry whose train.arrow and validation.arrow are written: the canonical rows (rows.arrow: the
+    training rows, then the validation rows), examples.json (their counts, skipped rows, warnings), stats.json and
+    the manifest."""
+    from trainer.data.rows import Rows, Spool
+
+    spool = Spool(tmp / "rows.arrow")
+    for part in (examples.train, examples.validation):
+        if isinstance(part, Rows):
+            for text in part.texts():
+                spool.add_text(text)
+        else:
+            for row in part:
+                spool.add(row)
+    spool.close(unlink=False)
+    payload = {
+        "train": len(examples.train),
+        "validation": len(examples.validation),
+        "skipped": examples.skipped,
+        "warnings": examples.warnings,
+    }
+    (tmp / "examples.json").write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+    (tmp / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
+    manifest = {name: _describe(tmp / name) for name in FILES}
+    atomic.write_json(tmp / MANIFEST, {"version": VERSION, "key": key, "files": manifest})
 
 
 def _describe(path: Path) -> dict:
@@ -134,12 +138,20 @@ def _sha256(path: Path) -> str:
 
 
 def verify(folder: Path) -> None:
-    """Raise :class:`Damaged` naming the first file whose size or content differs from the manifest."""
+    """Raise :class:`Damaged` when the entry is not this key's own (a symlink or a copy of another key's entry: its
+    resolved path, and the key in its manifest, must be the key it is looked up under) or names the first file
+    whose size or content differs from the manifest."""
+    key = folder.name
+    if folder.is_symlink() or folder.resolve() != folder.parent.resolve() / key:
+        raise Damaged(f"it is a link to {folder.resolve()}, not an entry of its own")
     try:
-        entries = json.loads((folder / MANIFEST).read_text())["files"]
+        record = json.loads((folder / MANIFEST).read_text())
+        entries, stored = record["files"], record.get("key")
         manifest = {name: (entry["size"], entry["sha256"]) for name, entry in entries.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise Damaged(f"{MANIFEST} unreadable ({exc.__class__.__name__})") from None
+    if stored != key:
+        raise Damaged(f"it holds the entry of another key ({stored}): a copy under the wrong name")
     for name in FILES:
         path = folder / name
         if not path.is_file():
@@ -166,12 +178,13 @@ def load_verified(folder: Path):
 
 
 def discard(folder: Path) -> None:
-    trash = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    """Remove an entry (a symlink itself, never the entry it points at)."""
+    trash = atomic.partial_name(folder)
     try:
         folder.rename(trash)  # atomically out of readers' sight, then removed
     except OSError:
         return
-    shutil.rmtree(trash, ignore_errors=True)
+    atomic.remove(trash)
 
 
 def _write_arrow(path: Path, dataset) -> None:
@@ -185,32 +198,48 @@ def _write_arrow(path: Path, dataset) -> None:
         writer.write_table(table)
 
 
-def load(folder: Path):
+def load(folder: Path, in_memory: bool = False):
+    """The entry's (train, validation, examples, stats): the datasets memory-mapped from their files (``in_memory``:
+    read into memory, for an entry about to be removed), the rows read back on demand."""
     import datasets
+    import numpy as np
+    import pyarrow as pa
 
     from trainer.data.examples import Examples
+    from trainer.data.rows import Rows, Store
 
-    train = datasets.Dataset.from_file(str(folder / "train.arrow"))
-    validation = datasets.Dataset.from_file(str(folder / "validation.arrow"))
+    def dataset(name: str):
+        path = str(folder / f"{name}.arrow")
+        if not in_memory:
+            return datasets.Dataset.from_file(path)
+        with pa.OSFile(path, "rb") as f:
+            return datasets.Dataset(pa.ipc.open_stream(f).read_all())
+
+    train, validation = dataset("train"), dataset("validation")
     payload = json.loads((folder / "examples.json").read_text(encoding="utf-8"))
     stats = json.loads((folder / "stats.json").read_text(encoding="utf-8"))
-    return train, validation, Examples(**payload), stats
+    store = Store(folder / "rows.arrow")
+    n_train, n_val = int(payload.pop("train")), int(payload.pop("validation"))
+    rows = cast(list, Rows(store, np.arange(n_train))), cast(list, Rows(store, np.arange(n_train, n_train + n_val)))
+    return train, validation, Examples(train=rows[0], validation=rows[1], **payload), stats
 
 
 # ---------------------------------------------------------------- single-file entries (base evaluations)
 
 
 def save_json(path: Path, value) -> None:
-    """A JSON cache file that carries its own size and sha256 (of the canonical text of ``value``)."""
+    """A JSON cache file that carries its key (its name) and its own size and sha256 (of the canonical text of
+    ``value``)."""
     text = json.dumps(value, sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()
     clean_partials(path.parent)
-    atomic.write_text(path, json.dumps({"size": len(text.encode()), "sha256": digest, "value": value}) + "\n")
+    record = {"key": path.stem, "size": len(text.encode()), "sha256": digest, "value": value}
+    atomic.write_text(path, json.dumps(record) + "\n")
 
 
 def load_json(path: Path, what: str):
     """The value saved by :func:`save_json`, or None (with one warning line, the file removed) when the file is
-    truncated, garbled or edited."""
+    truncated, garbled, edited, or another key's file (a copy or a symlink under this key's name)."""
     try:
         record = json.loads(path.read_text())
         text = json.dumps(record["value"], sort_keys=True)
@@ -219,8 +248,14 @@ def load_json(path: Path, what: str):
         ok, reason = False, f"unreadable: {exc.__class__.__name__}"
     else:
         reason = "its content differs from its recorded hash (edited or garbled)"
+        if ok and (path.is_symlink() or path.resolve() != path.parent.resolve() / path.name):
+            ok, reason = False, f"it is a link to {path.resolve()}, not a file of its own"
+        elif ok and "key" not in record:
+            ok, reason = False, "it records no key (written by an older hydratune)"
+        elif ok and record["key"] != path.stem:
+            ok, reason = False, f"it holds the result of another key ({record['key']}): a copy under the wrong name"
     if ok:
         return record["value"]
     log.warning("%s cache file %s is damaged (%s): not used, computed again", what, path.name, reason)
-    path.unlink(missing_ok=True)
+    atomic.remove(path)
     return None

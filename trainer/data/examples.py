@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Examples:
-    train: list[dict]  # canonical rows
+    #: Canonical rows: a list, or (from load_examples and the cache) trainer.data.rows.Rows: rows read back from disk
+    #: on demand, which index, slice, iterate, add and compare like a read-only list (typed as one for its readers).
+    train: list[dict]
     validation: list[dict]
     skipped: list[str] = field(default_factory=list)  # "file:line: what is wrong" (on_error=skip)
     warnings: list[str] = field(default_factory=list)  # "N examples have no system message", ...

@@ -9,7 +9,7 @@ token attends across examples (see tests/test_data_pack.py). The trainer must ru
 
 from __future__ import annotations
 
-from trainer.errors import UserError
+from trainer.config.errors import UserError
 
 STRATEGIES = ("bfd", "bfd_split", "wrapped")
 

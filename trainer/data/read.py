@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import UserError
+from trainer.config.errors import UserError
 
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 FILE_SUFFIXES = JSONL_SUFFIXES | {".json", ".csv", ".tsv", ".parquet", ".arrow"}
@@ -57,7 +57,7 @@ def read_records(path: str, split: str | None = None) -> Iterator[Record]:
     elif suffix == ".json":
         yield from _read_json(p)
     elif suffix in JSONL_SUFFIXES:
-        yield from _read_jsonl(p, file_bytes(p))
+        yield from _read_jsonl(p)
     else:
         raise UserError(
             f"{path}: unknown file type '{suffix}'. Use .jsonl, .json, .csv, .tsv or .parquet, "
@@ -66,13 +66,35 @@ def read_records(path: str, split: str | None = None) -> Iterator[Record]:
 
 
 def file_bytes(path: Path) -> bytes:
-    from trainer.atomic import reading
+    from trainer.run.atomic import reading
 
     with reading(path):
         data = path.read_bytes()
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise UserError(f"{path}:1: the file is UTF-16 encoded. Save it as UTF-8 (most editors: 'Save with encoding').")
-    return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    _check_head(path, data[: BINARY_SNIFF_BYTES + 3])
+    data = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    return data
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (a terminal never receives raw bytes from a data file)."""
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in text)
+
+
+#: How much of a file's start :func:`is_binary` looks at.
+BINARY_SNIFF_BYTES = 1024
+
+
+def is_binary(head: bytes) -> bool:
+    """Binary content, not text in some encoding: a NUL byte, or more than a tenth of the characters invalid UTF-8 or
+    control characters other than whitespace (a Latin-1 file with a few accented letters is still text, whose bad
+    rows validation lists one by one)."""
+    if b"\x00" in head:
+        return True
+    text = head.decode("utf-8", "replace")
+    if text.endswith("\ufffd"):  # a character cut at the sniff's end
+        text = text.rstrip("\ufffd")
+    odd = sum(ch == "\ufffd" or (ch < " " and ch not in "\t\n\r\x0b\x0c") for ch in text)
+    return odd > len(text) / 10
 
 
 def _empty(path: Path) -> UserError:
@@ -82,40 +104,58 @@ def _empty(path: Path) -> UserError:
 # ---------------------------------------------------------------- JSON lines
 
 
-def _read_jsonl(path: Path, data: bytes) -> Iterator[Record]:
-    if not data.strip():
-        raise _empty(path)
-    try:
-        text = data.decode("utf-8")  # the whole file at once; per line only when some line is not UTF-8
-    except UnicodeDecodeError:
-        text = None
-    lines: list[Any] = text.split("\n") if text is not None else data.split(b"\n")
-    blank: Any = " \t\n\r\x0b\x0c" if text is not None else b" \t\n\r\x0b\x0c"  # what bytes.strip() strips
-    first = next((i for i, line in enumerate(lines) if line.strip(blank)), 0)
-    _sniff_first_line(path, lines[first], first + 1, data)
-    loads = json.loads
-    last = len(lines) - 1
-    prefix = f"{path}:"
-    for number, raw in enumerate(lines, 1):
-        if not raw.strip(blank):
-            continue
-        if text is None:
-            try:
-                raw = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield (
-                    f"{prefix}{number}",
-                    Bad(
-                        f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); save the file as UTF-8"
-                    ),
-                )
-                continue
-        try:
-            yield f"{prefix}{number}", loads(raw)
-        except json.JSONDecodeError as exc:
-            cut = number - 1 == last or exc.msg.startswith(("Unterminated", "Expecting")) and exc.pos >= len(raw) - 2
-            hint = " - the line looks cut off (truncated)" if cut else ""
-            yield f"{prefix}{number}", Bad(f"not valid JSON: {exc.msg} at column {exc.colno}{hint}")
+def _read_jsonl(path: Path) -> Iterator[Record]:
+    """Stream the file line by line (memory stays bounded however large it is)."""
+    from trainer.run.atomic import reading
+
+    blank = b" \t\n\r\x0b\x0c"  # what bytes.strip() strips
+    with reading(path), open(path, "rb") as f:
+        head = f.read(BINARY_SNIFF_BYTES + 3)
+        _check_head(path, head)
+        f.seek(3 if head.startswith(b"\xef\xbb\xbf") else 0)
+        lines = iter(f)
+        number, line = 0, b""
+        for number, line in enumerate(lines, 1):  # the first line with content: whole-file mistakes are caught once
+            if line.strip(blank):
+                _sniff_first_line(path, line, number, b"")
+                break
+        else:
+            raise _empty(path)
+        raw: bytes | None = line
+        loads = json.loads
+        prefix = f"{path}:"
+        following = next(lines, None)
+        while raw is not None:
+            if raw.strip(blank):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    why = f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); save the file as UTF-8"
+                    yield f"{prefix}{number}", Bad(why)
+                else:
+                    try:
+                        yield f"{prefix}{number}", loads(text)
+                    except json.JSONDecodeError as exc:
+                        last = following is None and not raw.endswith(b"\n")
+                        text = text.rstrip("\n")
+                        cut = last or exc.msg.startswith(("Unterminated", "Expecting")) and exc.pos >= len(text) - 2
+                        hint = " - the line looks cut off (truncated)" if cut else ""
+                        yield f"{prefix}{number}", Bad(f"not valid JSON: {exc.msg} at column {exc.colno}{hint}")
+            raw, number = following, number + 1
+            following = next(lines, None) if raw is not None else None
+
+
+def _check_head(path: Path, head: bytes) -> None:
+    """A UTF-16 or binary file is one error for the whole file."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{path}:1: the file is UTF-16 encoded. Save it as UTF-8 (most editors: 'Save with encoding').")
+    head = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
+    if is_binary(head[:BINARY_SNIFF_BYTES]):
+        raise UserError(
+            f"{path}:1: binary file, not text/JSONL/CSV (its first {BINARY_SNIFF_BYTES} bytes hold NUL bytes or are "
+            "mostly not UTF-8 text). Point dataset.path at the data as a .jsonl, .json or .csv text file (a Parquet "
+            "file must be named .parquet; a compressed file must be unpacked first)."
+        )
 
 
 def _sniff_first_line(path: Path, line: str | bytes, number: int, data: bytes) -> None:
@@ -134,7 +174,7 @@ def _sniff_first_line(path: Path, line: str | bytes, number: int, data: bytes) -
     if not text.startswith("{") and ("," in text or "\t" in text):
         raise UserError(
             f"{path}:{number}: not valid JSON; this looks like a CSV file named {path.suffix} "
-            f"(header: {text[:80]}). Rename it to .csv, or convert it to one JSON object per line."
+            f"(header: {printable(text[:80])}). Rename it to .csv, or convert it to one JSON object per line."
         )
 
 
@@ -162,7 +202,7 @@ def _read_json(path: Path) -> Iterator[Record]:
         value = json.loads(whole)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # JSON lines in a .json file: read it as such
-            yield from _read_jsonl(path, file_bytes(path))
+            yield from _read_jsonl(path)
             return
         raise UserError(
             f"{path}:{exc.lineno}: not valid JSON: {exc.msg} at column {exc.colno}. "
@@ -245,16 +285,32 @@ def _read_csv(path: Path, delimiter: str) -> Iterator[Record]:
 
 
 def _read_parquet(path: Path) -> Iterator[Record]:
+    """Stream the file a row group batch at a time."""
     import pyarrow.parquet as pq
 
+    def damaged(exc: Exception) -> UserError:
+        return UserError(f"{path}: cannot read this Parquet file ({exc}). Is it really Parquet?")
+
     try:
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(path)
+        if parquet.metadata.num_rows == 0:
+            raise _empty(path)
+        batches = parquet.iter_batches(batch_size=4096)
+    except UserError:
+        raise
     except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise UserError(f"{path}: cannot read this Parquet file ({exc}). Is it really Parquet?") from None
-    if table.num_rows == 0:
-        raise _empty(path)
-    for i, row in enumerate(table.to_pylist()):
-        yield f"{path}:row {i + 1}", row
+        raise damaged(exc) from None
+    i = 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as exc:  # noqa: BLE001
+            raise damaged(exc) from None
+        if batch is None:
+            return
+        for row in batch.to_pylist():
+            i += 1
+            yield f"{path}:row {i}", row
 
 
 def _read_arrow_folder(path: Path, split: str | None) -> Iterator[Record]:

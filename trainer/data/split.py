@@ -8,8 +8,10 @@ from __future__ import annotations
 import math
 import random
 
-from trainer.data.validate import canonical_key
-from trainer.errors import UserError
+import numpy as np
+
+from trainer.config.errors import UserError
+from trainer.data.validate import canonical_key, row_key
 
 
 def validation_count(size: float, n: int) -> int:
@@ -31,26 +33,34 @@ def validation_count(size: float, n: int) -> int:
 
 def split_indices(rows: list[dict], size: float, seed: int) -> tuple[list[int], list[int]]:
     """(train indices, validation indices), both in file order; identical rows fall on the same side."""
-    target = validation_count(size, len(rows))
+    keys = np.asarray([row_key(r) for r in rows], dtype=np.uint64)
+    train, validation = split_keys(keys, size, seed)
+    return train.tolist(), validation.tolist()
+
+
+def split_keys(keys: np.ndarray, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`split_indices` over the rows' key hashes (:func:`trainer.data.validate.row_key`): whole groups of
+    equal rows are drawn, in a seeded random order, until the validation share is reached."""
+    n = len(keys)
+    target = validation_count(size, n)
     if target == 0:
-        return list(range(len(rows))), []
-    groups: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(canonical_key(row), []).append(i)
-    order = list(groups.values())
-    random.Random(seed).shuffle(order)
-    validation: list[int] = []
-    for group in order:
-        if len(validation) >= target:
-            break
-        validation.extend(group)
-    chosen = set(validation)
-    if len(chosen) >= len(rows):
+        return np.arange(n, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    _, first, group = np.unique(keys, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)  # groups numbered in file order of their first row
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    group = rank[group.reshape(-1)]
+    sizes = np.bincount(group, minlength=len(first))
+    order = np.random.default_rng(seed).permutation(len(first))
+    taken = int(np.searchsorted(np.cumsum(sizes[order]), target)) + 1  # groups until the target is reached
+    chosen = np.zeros(len(first), dtype=bool)
+    chosen[order[:taken]] = True
+    in_validation = chosen[group]
+    if in_validation.all():
         raise UserError(
             f"dataset.validation_size={size}: every usable row is a copy of a validation row, "
             "leaving nothing to train on. Add data or lower validation_size."
         )
-    return [i for i in range(len(rows)) if i not in chosen], sorted(validation)
+    return np.flatnonzero(~in_validation), np.flatnonzero(in_validation)
 
 
 def drop_overlap(train: list[dict], validation: list[dict]) -> tuple[list[dict], int]:
@@ -60,16 +70,21 @@ def drop_overlap(train: list[dict], validation: list[dict]) -> tuple[list[dict],
     return kept, len(train) - len(kept)
 
 
-def weighted(rows: list[dict], weight: float, seed: int) -> list[dict]:
-    """Every row floor(weight) times, plus a seeded sample for the fractional part (1.0 = every row once)."""
+def weighted_indices(n: int, weight: float, seed: int) -> np.ndarray:
+    """:func:`weighted` as indices into the n rows."""
     if weight < 0:
         raise UserError(
             f"a dataset weight of {weight} is negative; use 1.0 for every row once, 2.0 for twice, 0.5 for half."
         )
     whole, frac = int(math.floor(weight)), weight - math.floor(weight)
-    out = rows * whole
-    extra = round(frac * len(rows))
+    out = np.tile(np.arange(n, dtype=np.int64), whole)
+    extra = round(frac * n)
     if extra:
-        picked = sorted(random.Random(seed).sample(range(len(rows)), extra))
-        out += [rows[i] for i in picked]
+        picked = np.asarray(sorted(random.Random(seed).sample(range(n), extra)), dtype=np.int64)
+        out = np.concatenate([out, picked])
     return out
+
+
+def weighted(rows: list[dict], weight: float, seed: int) -> list[dict]:
+    """Every row floor(weight) times, plus a seeded sample for the fractional part (1.0 = every row once)."""
+    return [rows[i] for i in weighted_indices(len(rows), weight, seed).tolist()]

@@ -19,15 +19,17 @@ def summary(values) -> dict:
     }
 
 
-def split_stats(rows: list[dict], tokens: list[int], loss_tokens: list[int], truncated: int, dropped: int) -> dict:
-    messages = [len(r["messages"]) for r in rows if "messages" in r]
+def split_stats(rows, tokens, loss_tokens, truncated: int, dropped: int, messages=None) -> dict:
+    """``messages``: the message count of each chat row, when known (else counted from ``rows``)."""
+    if messages is None:
+        messages = [len(r["messages"]) for r in rows if "messages" in r]
     return {
         "examples": len(rows),
-        "messages_per_example": summary(messages) if messages else None,
+        "messages_per_example": summary(messages) if len(messages) else None,
         "tokens_per_example": summary(tokens),
         "assistant_tokens_per_example": summary(loss_tokens),
-        "total_tokens": int(sum(tokens)),
-        "assistant_tokens": int(sum(loss_tokens)),
+        "total_tokens": int(np.sum(tokens, dtype=np.int64)),
+        "assistant_tokens": int(np.sum(loss_tokens, dtype=np.int64)),
         "truncated": truncated,
         "dropped_without_answer_tokens": dropped,
     }

@@ -5,6 +5,10 @@ conversation, ``messages[:i]`` with the generation prompt and ``messages[:i+1]``
 the two renderings (the answer and the end-of-turn token the template puts after it) are in the loss. Characters
 are mapped to tokens with the fast tokenizer's offsets. Templates whose renderings are not prefixes of each other
 fall back to locating each answer's text in the full rendering.
+
+Rows with tool calls, tool results or reasoning (trainer/data/tool_calls.py) are rendered with the row's tools
+through the template when it renders tool calls, else through the documented fallback; the assistant's calls are in
+the loss, tool results never, and the reasoning as ``dataset.reasoning`` says (train, mask: out of the loss, drop).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from trainer.errors import UserError
+from trainer.config.errors import UserError
+from trainer.data import tool_calls
 
 CHUNK = 4096
 #: Texts are cut at this many characters per token of max_length before tokenizing (memory stays bounded).
@@ -35,7 +40,7 @@ def reads_content(template: str) -> bool:
     return False
 
 
-class _SkeletonMismatch(Exception):
+class SkeletonMismatch(Exception):
     """A row rendered from a skeleton differed from the template's own rendering."""
 
 
@@ -56,8 +61,9 @@ class Encoded:
 
 
 class Encoder:
-    def __init__(self, tokenizer, max_length: int | None, train_on_all_tokens: bool = False):
+    def __init__(self, tokenizer, max_length: int | None, train_on_all_tokens: bool = False, reasoning: str = "train"):
         self.tokenizer = tokenizer
+        self.reasoning = str(reasoning)
         self.max_length = max_length
         self.all_tokens = train_on_all_tokens
         self.backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
@@ -66,7 +72,7 @@ class Encoder:
         self._prefix_stable = True
         self._cuts: dict[str, list[int]] = {}
         self._fast = True
-        self._skeletons: dict[tuple, tuple[list[str], list] | bool] = {}
+        self._skeletons: dict[tuple, tuple[tuple[list[str], list] | bool, bool]] = {}
         self._rendered = 0
 
     # ------------------------------------------------------------ chat template
@@ -87,30 +93,51 @@ class Encoder:
             self._template = (_compile_jinja_template(source), dict(self.tokenizer.special_tokens_map))
         return self._template
 
-    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+    @property
+    def template_source(self) -> str:
+        self.template  # noqa: B018 - the one error for a tokenizer without a template
+        return self.tokenizer.get_chat_template()
+
+    def render(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
         compiled, special = self.template
         return compiled.render(
-            messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **special
+            messages=messages, tools=tools, documents=None, add_generation_prompt=add_generation_prompt, **special
         )
 
-    def chat_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    def chat_spans(self, messages: list[dict], tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
         """The rendered conversation and the character spans that count in the loss."""
-        full, answer_spans = self._fast_spans(messages) if self._fast else self._slow_spans(messages)
+        reasonings: list[str | None] = []
+        if tools is not None or tool_calls.structured(messages):
+            answers = [m for m in messages if m["role"] == "assistant"]
+            reasonings = [m.get("reasoning_content") if self.reasoning == "mask" else "" for m in answers] or [""]
+            messages, tools = tool_calls.template_messages(messages, tools, self.reasoning, self.template_source)
+        if reasonings and (tools is not None or tool_calls.structured(messages)):
+            # the template renders the tools, calls or reasoning itself: every prefix rendered in full
+            full, answer_spans = self._slow_spans(messages, tools)
+        else:
+            full, answer_spans = self._fast_spans(messages) if self._fast else self._slow_spans(messages)
         if self.all_tokens:
             return full, [(0, len(full))]
         answers = [m for m in messages if m["role"] == "assistant"]
+        if any(reasonings):  # reasoning=mask: each answer's span starts after its reasoning
+            return full, [
+                part
+                for m, span, r in zip(answers, answer_spans, reasonings, strict=True)
+                if m.get("weight", 1) != 0
+                for part in tool_calls.mask_reasoning(full, span, r)
+            ]
         return full, [span for m, span in zip(answers, answer_spans, strict=True) if m.get("weight", 1) != 0]
 
-    def _slow_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    def _slow_spans(self, messages: list[dict], tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
         """Render the template on the conversation and its prefixes; one span per assistant message."""
         plain = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
-        full = self.render(plain, False)
+        full = self.render(plain, False, tools)
         spans, cursor = [], 0
         last = len(plain) - 1
         for i, message in enumerate(plain):
             if message["role"] != "assistant":
                 continue
-            span = self._prefix_span(plain, i, full, last) if self._prefix_stable else None
+            span = self._prefix_span(plain, i, full, last, tools) if self._prefix_stable else None
             if span is None:
                 span = self._search_span(full, message["content"], cursor)
             cursor = span[1]
@@ -123,10 +150,10 @@ class Encoder:
     # detected (and rows are checked against a full rendering now and then); they always take the slow path.
 
     def _fast_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-        key = tuple((m["role"], m["name"] if "name" in m else None) for m in messages)
-        if key not in self._skeletons:
-            self._skeletons[key] = self._skeleton(key) or False
-        skeleton = self._skeletons[key]
+        key = (tuple((m["role"], m["name"] if "name" in m else None) for m in messages), self._prefix_stable)
+        if key not in self._skeletons:  # built from the current state; the state it leaves is replayed on reuse
+            self._skeletons[key] = (self._skeleton(key[0]) or False, self._prefix_stable)
+        skeleton, self._prefix_stable = self._skeletons[key]
         if not isinstance(skeleton, tuple):
             return self._slow_spans(messages)
         pieces, bounds = skeleton
@@ -145,7 +172,7 @@ class Encoder:
         if self._rendered <= _VERIFY_FIRST or self._rendered % _VERIFY_EVERY == 0:
             if self._slow_spans(messages) != (text, spans):
                 self._fast = False
-                raise _SkeletonMismatch
+                raise SkeletonMismatch
         return text, spans
 
     def _skeleton(self, key) -> tuple[list[str], list] | None:
@@ -189,10 +216,10 @@ class Encoder:
             return None
         return pieces, bounds
 
-    def _prefix_span(self, plain, i, full, last):
+    def _prefix_span(self, plain, i, full, last, tools=None):
         try:
-            start = self.render(plain[:i], True)
-            end = full if i == last else self.render(plain[: i + 1], False)
+            start = self.render(plain[:i], True, tools)
+            end = full if i == last else self.render(plain[: i + 1], False, tools)
         except Exception:  # a template that cannot render a partial conversation
             return None
         if not (full.startswith(end) and end.startswith(start)):
@@ -225,7 +252,7 @@ class Encoder:
     def text_spans(self, row: dict) -> tuple[str, list[tuple[int, int]], bool]:
         """(text, loss spans, is_raw): raw texts get the tokenizer's special tokens and an EOS appended."""
         if "messages" in row:
-            text, spans = self.chat_spans(row["messages"])
+            text, spans = self.chat_spans(row["messages"], row.get("tools"))
             return text, spans, False
         if "text" in row:
             return row["text"], [(0, len(row["text"]))], True
@@ -240,17 +267,36 @@ class Encoder:
     # ------------------------------------------------------------ encode
 
     def encode(self, rows: list[dict]) -> Encoded:
+        """Every row, a chunk of CHUNK rows at a time (:meth:`encode_chunk`)."""
         try:
             out = Encoded()
             for start in range(0, len(rows), CHUNK):
                 self._encode_chunk(rows[start : start + CHUNK], start, out)
-        except _SkeletonMismatch:  # the template is not content-transparent after all: render every row fully
+        except SkeletonMismatch:  # the template is not content-transparent after all: render every row fully
             out = Encoded()
             for start in range(0, len(rows), CHUNK):
                 self._encode_chunk(rows[start : start + CHUNK], start, out)
         return out
 
+    def encode_chunk(self, rows: list[dict]) -> Encoded:
+        """One chunk of rows, its result a function of the chunk alone (and of :attr:`fast`): each chunk starts
+        from the same state, so a dataset cut into the same chunks encodes to the same bytes whichever process
+        encodes which chunk. Raises :class:`SkeletonMismatch` when the template turns out not to be
+        content-transparent: then every chunk must be encoded again with ``fast = False``."""
+        out = Encoded()
+        self._encode_chunk(rows, 0, out)
+        return out
+
+    @property
+    def fast(self) -> bool:
+        return self._fast
+
+    @fast.setter
+    def fast(self, value: bool) -> None:
+        self._fast = value
+
     def _encode_chunk(self, rows: list[dict], offset: int, out: Encoded) -> None:
+        self._rendered, self._prefix_stable = 0, True  # every chunk starts from the same state
         items = [self._bounded(*self.text_spans(r)) for r in rows]
         if self.backend is None:
             self._cuts = {text: [b for span in spans for b in span] for text, spans, _ in items}

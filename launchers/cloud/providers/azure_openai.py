@@ -11,8 +11,8 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from launchers.cloud import azure_deploy
-from launchers.cloud.providers.openai import OpenAI
-from trainer.errors import UserError
+from launchers.cloud.providers.openai import OpenAI, sdk_errors
+from trainer.config.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,9 @@ class AzureOpenAI(OpenAI):
 
     def serving(self, cfg: Any, state: Any, tuned: str | None) -> AbstractContextManager[str | None]:
         return azure_deploy.deployed(cfg, state, tuned)
+
+
+__all__ = ["AzureOpenAI", "make", "sdk_errors"]
 
 
 def make(hw: Any) -> AzureOpenAI:

@@ -12,9 +12,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from launchers.cloud.client import stainless_errors
 from launchers.cloud.provider import FileInfo, Job, JobError, pages, require_key
-from trainer import objectives
-from trainer.errors import UserError
+from trainer.config.errors import UserError
+from trainer.engine import objectives
 
 MAX_LIST_PAGES = 50
 HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier", "dpo_beta")
@@ -22,6 +23,8 @@ HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier", "dpo_be
 
 class OpenAI:
     name = "openai"
+    #: OpenAI trains function calling from rows with tools and tool_calls (provider_data.py sends them).
+    tools = True
     settings = (
         "it supports objective=sft or dpo and the hyperparameters hardware.n_epochs, batch_size, "
         "learning_rate_multiplier (a number or auto), dpo_beta (objective=dpo), seed and suffix."
@@ -164,6 +167,10 @@ class OpenAI:
 
     def serving(self, cfg: Any, state: Any, tuned: str | None) -> AbstractContextManager[str | None]:
         return nullcontext(tuned)
+
+
+def sdk_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    return stainless_errors("openai")
 
 
 def make(hw: Any) -> OpenAI:

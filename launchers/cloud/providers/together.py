@@ -20,9 +20,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from launchers.cloud.client import stainless_errors
 from launchers.cloud.provider import FileInfo, Job, JobError, require_key
-from trainer import objectives
-from trainer.errors import UserError, choice_error
+from trainer.config.errors import UserError, choice_error
+from trainer.engine import objectives
 
 log = logging.getLogger(__name__)
 WEIGHTS_DIR = "model"
@@ -45,6 +46,8 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 class Together:
     name = "together"
+    #: Together trains function calling from rows with tools and tool_calls (its conversational format is OpenAI's).
+    tools = True
     settings = (
         "it supports objective=sft or dpo, LoRA (hardware.lora=true, with lora_r, lora_alpha, lora_dropout, "
         "lora_trainable_modules) or full fine-tuning (hardware.lora=false), and the hyperparameters "
@@ -242,6 +245,10 @@ class Together:
 
     def serving(self, cfg: Any, state: Any, tuned: str | None) -> AbstractContextManager[str | None]:
         return nullcontext(tuned)
+
+
+def sdk_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    return stainless_errors("together")
 
 
 def make(hw: Any) -> Together:

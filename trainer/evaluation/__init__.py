@@ -1,0 +1,1 @@
+"""Evaluation: held-out metrics, preference pairs, judge, regression probe, statistics, cost, endpoints."""

@@ -1,0 +1,1 @@
+"""What a finished run or sweep leaves for people: metrics.json, report.md, report.html, plots."""

@@ -1,0 +1,65 @@
+"""Give memory that PyTorch has freed back to the operating system between a run's phases.
+
+glibc's malloc keeps what a process frees for reuse. A training step frees hundreds of 1-4 MB tensors whose sizes
+change with every batch, and the holes they leave rarely fit the next step's: the process's resident memory climbs
+step after step although what it holds alive does not (the default job, bf16, one thread: 2.6 -> 4.4 GB over 45
+steps), and the fine-tuned evaluation used to run on top of all of it. ``malloc_trim(0)`` returns the free pages,
+holes included, to the system: the evaluation after training starts from 1.6 GB, not 4.4. Trimming after every
+step as well was measured and rejected: 27% slower steps (the pages are faulted in again), no lower peak.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import gc
+
+from trainer.config.errors import UserError, first_line
+
+
+@functools.cache
+def _trim():
+    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+def release() -> None:
+    """Collect garbage, then hand every free page of the heap back to the system (glibc only; else a no-op)."""
+    gc.collect()
+    trim = _trim()
+    if trim is not None:
+        trim(0)
+
+
+def explain_memory_limit(exc: BaseException) -> UserError | None:
+    """An allocation that failed under an address-space limit (``ulimit -v``, RLIMIT_AS) as one paragraph with the
+    limit: Python's MemoryError, ENOMEM, or a Rust library's panic (tokenizers, safetensors: pyo3's PanicException,
+    which is not an Exception) or a C++ allocator's error. None without a limit (a failed allocation is then not a
+    setting to change) or for any other error. Imports nothing heavy: the interpreter is out of memory."""
+    import errno
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft == resource.RLIM_INFINITY:
+        return None
+    text = str(exc).lower()
+    # what a failed allocation says in Python, C++ (torch), Rust (a thread's stack refused) and the dynamic loader (a
+    # shared library that cannot be mapped: an ImportError)
+    allocation = ("alloc", "out of memory", "os error 12", "failed to map", "failed to spawn thread", "threadpoolbuild")
+    said = type(exc).__name__ == "PanicException" or isinstance(exc, RuntimeError | ImportError | OSError)
+    enomem = isinstance(exc, OSError) and exc.errno == errno.ENOMEM
+    if not (isinstance(exc, MemoryError) or enomem or (said and any(a in text for a in allocation))):
+        return None
+    what = type(exc).__name__ + (f": {first_line(str(exc))[:160]}" if str(exc).strip() else "")
+    return UserError(
+        f"Out of memory: this process may use at most {soft / 2**30:.2f} GiB of address space (ulimit -v "
+        f"{soft // 1024}, the RLIMIT_AS limit of this shell or job), and an allocation failed ({what}). torch, the "
+        "model and the data loaders reserve far more address space than they use; raise the limit "
+        "(`ulimit -v unlimited`, or the memory setting of your scheduler) and run the same command again: a run "
+        "resumes from its last complete checkpoint."
+    )

@@ -1,0 +1,1 @@
+"""Commands that write files rather than train: config converters."""
