@@ -145,28 +145,38 @@ _PANIC = (
     "    '''As pyo3 raises a Rust panic (tokenizers, safetensors): not an Exception.'''\n"
     "import launchers\n"
     "def launch(cfg, command):\n"
-    "    raise PanicException('memory allocation of 1073741824 bytes failed')\n"
+    "    raise {raised}\n"
     "launchers.launch = launch\n"
     "from trainer import cli\n"
     "cli.main(['model=tiny_random', 'hydra.run.dir={run}'])\n"
 )
 
 
-def test_a_rust_panic_under_a_memory_limit_is_one_paragraph_with_the_limit(tmp_path):
-    """A PanicException (a BaseException) raised inside the run, with RLIMIT_AS set in the child: the run's guard
-    turns it into the paragraph that says memory is limited and by how much, and status.json records it."""
+#: What a failed allocation raises under RLIMIT_AS: a Rust library's panic (a BaseException), and C code that could not
+#: even create its MemoryError (CI, importing transformers under `ulimit -v 1000000`).
+_RAISED = {
+    "PanicException": "PanicException('memory allocation of 1073741824 bytes failed')",
+    "SystemError": "SystemError('error return without exception set')",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_RAISED))
+def test_a_failed_allocation_under_a_memory_limit_is_one_paragraph_with_the_limit(tmp_path, name):
+    """The error raised inside the run, with RLIMIT_AS set in the child: the run's guard turns it into the paragraph
+    that says memory is limited and by how much, and status.json records it."""
     limit = 48 * 2**30  # finite, and far above what composing a config needs
-    code = _PANIC.format(limit=limit, run=tmp_path / "run")
+    code = _PANIC.format(limit=limit, run=tmp_path / "run", raised=_RAISED[name])
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     message = _one_paragraph(result.returncode, result.stderr)
     assert "Out of memory: this process may use at most 48.00 GiB of address space" in message
-    assert f"ulimit -v {limit // 1024}" in message and "PanicException" in message
+    assert f"ulimit -v {limit // 1024}" in message and name in message
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"
 
 
 def test_a_rust_panic_without_a_memory_limit_keeps_its_traceback(tmp_path):
     """Without a limit a panic is a bug to report, not a setting to change."""
-    code = _PANIC.replace("resource.setrlimit", "# resource.setrlimit").format(limit=0, run=tmp_path / "run")
+    code = _PANIC.replace("resource.setrlimit", "# resource.setrlimit")
+    code = code.format(limit=0, run=tmp_path / "run", raised=_RAISED["PanicException"])
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode != 2 and "PanicException" in result.stderr and "Traceback" in result.stderr
 

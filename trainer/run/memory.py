@@ -53,7 +53,10 @@ def explain_memory_limit(exc: BaseException) -> UserError | None:
     allocation = ("alloc", "out of memory", "os error 12", "failed to map", "failed to spawn thread", "threadpoolbuild")
     said = type(exc).__name__ == "PanicException" or isinstance(exc, RuntimeError | ImportError | OSError)
     enomem = isinstance(exc, OSError) and exc.errno == errno.ENOMEM
-    if not (isinstance(exc, MemoryError) or enomem or (said and any(a in text for a in allocation))):
+    # C code whose allocation failed and which could not even create the MemoryError (seen importing transformers
+    # under `ulimit -v 1000000`): "error return without exception set"
+    unset = isinstance(exc, SystemError) and ("without exception set" in text or "without setting an exception" in text)
+    if not (isinstance(exc, MemoryError) or enomem or unset or (said and any(a in text for a in allocation))):
         return None
     what = type(exc).__name__ + (f": {first_line(str(exc))[:160]}" if str(exc).strip() else "")
     return UserError(
