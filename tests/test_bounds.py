@@ -152,11 +152,13 @@ _PANIC = (
 )
 
 
-#: What a failed allocation raises under RLIMIT_AS: a Rust library's panic (a BaseException), and C code that could not
-#: even create its MemoryError (CI, importing transformers under `ulimit -v 1000000`).
+#: What a failed allocation raises under RLIMIT_AS: a Rust library's panic (a BaseException), C code that could not even
+#: create its MemoryError (CI, importing transformers under `ulimit -v 1000000`), a thread pool that could not start a
+#: thread (pyarrow's own exception class).
 _RAISED = {
     "PanicException": "PanicException('memory allocation of 1073741824 bytes failed')",
     "SystemError": "SystemError('error return without exception set')",
+    "ArrowException": "type('ArrowException', (Exception,), {})('Failed to launch worker thread: Resource temporarily')",
 }
 
 
@@ -182,7 +184,7 @@ def test_a_rust_panic_without_a_memory_limit_keeps_its_traceback(tmp_path):
 
 
 @pytest.mark.slow
-def test_ulimit_v_gives_one_paragraph_not_a_memory_error_traceback(tmp_path, cache_dir):
+def test_ulimit_v_gives_one_paragraph_not_a_memory_error_traceback(tmp_path):
     """A real address-space limit (as `ulimit -v 1000000` sets it) under `hydratune prepare`: torch and the
     tokenizer's libraries fail to allocate; the user reads how much memory the process was allowed."""
     import resource
@@ -192,12 +194,20 @@ def test_ulimit_v_gives_one_paragraph_not_a_memory_error_traceback(tmp_path, cac
     def limited() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
 
-    env = {**os.environ, "HYDRATUNE_CACHE": str(cache_dir)}
-    args = [sys.executable, "-m", "trainer.cli", "prepare", *TINY, f"hydra.run.dir={tmp_path}"]
-    result = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env, preexec_fn=limited, timeout=300)
-    message = _last_paragraph(result)
-    assert message.startswith("hydratune: error: Out of memory: this process may use at most 0.95 GiB")
-    assert "ulimit -v 1000000" in message
+    # A cache of its own: where the allocation fails differs with what is cached (cold: importing the libraries;
+    # warm: pyarrow's thread pool could not start a thread, and explaining that failed to import transformers).
+    env = {**os.environ, "HYDRATUNE_CACHE": str(tmp_path / "cache")}
+    for state in ("cold", "warm"):
+        args = [sys.executable, "-m", "trainer.cli", "prepare", *TINY, f"hydra.run.dir={tmp_path / state}"]
+        result = subprocess.run(
+            args, capture_output=True, text=True, cwd=REPO, env=env, preexec_fn=limited, timeout=300
+        )
+        message = _last_paragraph(result)
+        assert message.startswith("hydratune: error: Out of memory: this process may use at most 0.95 GiB"), state
+        assert "ulimit -v 1000000" in message
+        if state == "cold":  # the same command without the limit fills the cache
+            filled = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+            assert filled.returncode == 0, filled.stderr[-3000:]
 
 
 # ---------------------------------------------------------------- before the weights: tokenizer, data, model config

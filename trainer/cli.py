@@ -69,12 +69,18 @@ def _failed(cfg: DictConfig, started: float, error: BaseException) -> None:
     # the key: one paragraph.
     out_of_memory = explain_memory_limit(error)
     exc: BaseException = out_of_memory or error
-    if isinstance(exc, Exception):
-        exc = explain_io_error(exc, cfg.output_dir) or exc
-    if not isinstance(exc, UserError) and isinstance(exc, Exception):  # trainer.run.loggers imports transformers
-        from trainer.run.loggers import explain_wandb_error
+    try:
+        if isinstance(exc, Exception):
+            exc = explain_io_error(exc, cfg.output_dir) or exc
+        if not isinstance(exc, UserError) and isinstance(exc, Exception):  # trainer.run.loggers imports transformers
+            from trainer.run.loggers import explain_wandb_error
 
-        exc = explain_wandb_error(exc) or exc
+            exc = explain_wandb_error(exc) or exc
+    except Exception as during:  # importing what explains the error ran out of memory as well (chained to it)
+        out_of_memory = explain_memory_limit(during)
+        if out_of_memory is None:
+            raise
+        exc = out_of_memory
     if rundir.in_multirun():  # one failed run of a sweep is recorded in its status.json; the others go on
         rundir.failed(cfg, _command, started, exc)
         return

@@ -38,27 +38,20 @@ def release() -> None:
 
 def explain_memory_limit(exc: BaseException) -> UserError | None:
     """An allocation that failed under an address-space limit (``ulimit -v``, RLIMIT_AS) as one paragraph with the
-    limit: Python's MemoryError, ENOMEM, or a Rust library's panic (tokenizers, safetensors: pyo3's PanicException,
-    which is not an Exception) or a C++ allocator's error. None without a limit (a failed allocation is then not a
-    setting to change) or for any other error. Imports nothing heavy: the interpreter is out of memory."""
-    import errno
+    limit: Python's MemoryError, ENOMEM, a Rust library's panic (tokenizers, safetensors: pyo3's PanicException,
+    which is not an Exception), a C++ allocator's error, a thread that could not be started (pyarrow's pool), or C
+    code that could not even create its MemoryError; the exception itself or any it was raised from or during. None
+    without a limit (a failed allocation is then not a setting to change) or for any other error. Imports nothing
+    heavy: the interpreter is out of memory."""
     import resource
 
     soft = resource.getrlimit(resource.RLIMIT_AS)[0]
     if soft == resource.RLIM_INFINITY:
         return None
-    text = str(exc).lower()
-    # what a failed allocation says in Python, C++ (torch), Rust (a thread's stack refused) and the dynamic loader (a
-    # shared library that cannot be mapped: an ImportError)
-    allocation = ("alloc", "out of memory", "os error 12", "failed to map", "failed to spawn thread", "threadpoolbuild")
-    said = type(exc).__name__ == "PanicException" or isinstance(exc, RuntimeError | ImportError | OSError)
-    enomem = isinstance(exc, OSError) and exc.errno == errno.ENOMEM
-    # C code whose allocation failed and which could not even create the MemoryError (seen importing transformers
-    # under `ulimit -v 1000000`): "error return without exception set"
-    unset = isinstance(exc, SystemError) and ("without exception set" in text or "without setting an exception" in text)
-    if not (isinstance(exc, MemoryError) or enomem or unset or (said and any(a in text for a in allocation))):
+    failed = next((link for link in _chain(exc) if _is_failed_allocation(link)), None)
+    if failed is None:
         return None
-    what = type(exc).__name__ + (f": {first_line(str(exc))[:160]}" if str(exc).strip() else "")
+    what = type(failed).__name__ + (f": {first_line(str(failed))[:160]}" if str(failed).strip() else "")
     return UserError(
         f"Out of memory: this process may use at most {soft / 2**30:.2f} GiB of address space (ulimit -v "
         f"{soft // 1024}, the RLIMIT_AS limit of this shell or job), and an allocation failed ({what}). torch, the "
@@ -66,3 +59,35 @@ def explain_memory_limit(exc: BaseException) -> UserError | None:
         "(`ulimit -v unlimited`, or the memory setting of your scheduler) and run the same command again: a run "
         "resumes from its last complete checkpoint."
     )
+
+
+#: What a failed allocation says in Python, C++ (torch: bad_alloc), Rust (a thread's stack refused), the dynamic
+#: loader (a shared library that cannot be mapped: an ImportError) and a thread pool (pyarrow: "Failed to launch
+#: worker thread: Resource temporarily unavailable").
+_ALLOCATION = (
+    "alloc", "out of memory", "os error 12", "failed to map", "failed to spawn thread", "threadpoolbuild",
+    "failed to launch worker thread", "can't start new thread", "cannot allocate memory",
+)  # fmt: skip
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception, then what it was raised from or while handling, without cycles."""
+    seen: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and all(link is not s for s in seen) and len(seen) < 16:
+        seen.append(link)
+        link = link.__cause__ or link.__context__
+    return seen
+
+
+def _is_failed_allocation(exc: BaseException) -> bool:
+    import errno
+
+    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
+        return True
+    text = str(exc).lower()
+    if isinstance(exc, SystemError):  # C code that could not even create its MemoryError
+        return "without exception set" in text or "without setting an exception" in text
+    # a Rust panic, a library's own exception class (pyarrow's ArrowException), RuntimeError, ImportError, OSError
+    said = isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+    return said and any(a in text for a in _ALLOCATION)
