@@ -45,6 +45,18 @@ def hydratune(
     )
 
 
+def start(args: list[str], env: dict, cwd: Path = REPO, **streams):
+    """``python -m trainer.cli ARGS`` started as subprocess.Popen starts it (stdout=, stderr=, text=), for a test that
+    signals or kills the run: a child of the warm server whose pid is the run's own (tests/warm.py: Popen), or a fresh
+    interpreter where a fork would differ, or everywhere with HYDRATUNE_TEST_FRESH=1. ``env`` is the whole
+    environment."""
+    from tests import warm
+
+    if os.environ.get("HYDRATUNE_TEST_FRESH"):
+        return warm.fresh_popen(list(args), env, cwd, **streams)
+    return warm.popen(list(args), env, cwd, **streams)
+
+
 def compose_checked(*overrides: str):
     """:func:`compose`, with composition errors (an unknown key, a value outside a closed choice) rewritten into the
     UserError paragraph the CLI prints."""
@@ -97,16 +109,17 @@ def cli_run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def kill_9_once_a_job_exists(
-    fake, argv: list[str], env: dict, run_dir: Path, log_file: Path
+    fake, args: list[str], env: dict, run_dir: Path, log_file: Path
 ) -> subprocess.CompletedProcess:
-    """A provider run killed with SIGKILL as soon as ``fake`` has created its job (the fake's ``create_delay_s`` holds
-    the answer), checked to have recorded its upload but no job id, then the same command run again to the end."""
+    """``hydratune ARGS``, a provider run, killed with SIGKILL as soon as ``fake`` has created its job (the fake's
+    ``create_delay_s`` holds the answer), checked to have recorded its upload but no job id, then the same command
+    run again to the end (``env``: the whole environment)."""
     import json
     import signal
     import time
 
     with open(log_file, "wb") as log:
-        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=log)
+        proc = start(args, env, stdout=log, stderr=log)
         try:
             deadline = time.monotonic() + 60
             while fake.counters["jobs_created"] == 0:
@@ -118,7 +131,9 @@ def kill_9_once_a_job_exists(
     state = json.loads((run_dir / "cloud_state.json").read_text())
     assert state["job"] is None and len(state["files"]) == 1, state
     fake.create_delay_s = 0.0
-    return subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    rerun = start(args, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = rerun.communicate(timeout=300)
+    return subprocess.CompletedProcess(args, rerun.returncode, out, err)
 
 
 @contextmanager
@@ -131,10 +146,7 @@ def served_cli(args: list[str], state: Path, log_file: Path, cache: Path):
 
     env = {**os.environ, "HYDRATUNE_CACHE": str(cache)}
     with open(log_file, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "trainer.cli", "serve", *args],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+        process = start(["serve", *args], env, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = time.monotonic() + 240
             while not state.is_file() and process.poll() is None and time.monotonic() < deadline:

@@ -7,14 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.fake_provider import FakeProvider, files_containing, write_chat_dataset
-from tests.helpers import REPO, interruptible
+from tests.helpers import start
 
 pytestmark = pytest.mark.slow  # runs a training job (tiny model) or several processes
 
@@ -50,16 +49,15 @@ def args(tmp_path: Path, fake: FakeProvider, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def hydratune(argv: list[str], env: dict, log: Path | None = None) -> subprocess.Popen:
-    out = open(log or os.devnull, "ab")  # noqa: SIM115 - closed by the child's exit
-    cmd = [sys.executable, "-m", "trainer.cli", *argv]
-    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=out, preexec_fn=interruptible)
+def hydratune(argv: list[str], env: dict, log: Path | None = None):
+    with open(log or os.devnull, "ab") as out:  # the child holds its own copy
+        return start(argv, env, stdout=out, stderr=out)
 
 
 def finish(argv: list[str], env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "trainer.cli", *argv], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    process = start(argv, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(argv, process.returncode, out, err)
 
 
 def wait_for(condition, timeout: float = 60.0) -> None:

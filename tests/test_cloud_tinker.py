@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from launchers import cloud
 from tests.fake_provider import files_containing
 from tests.fake_tinker import FakeTinker
-from tests.helpers import REPO, compose
+from tests.helpers import REPO, compose, start
 
 API_KEY = "tml-test-KEY-0123456789abcdef"
 TINY = ["model.weights.source=tiny_random", "model.weights.name_or_path=tiny-random-llama"]
@@ -133,10 +132,10 @@ def test_429_and_5xx_are_survived_on_an_endpoint_named_by_hardware_base_url(fake
 @pytest.mark.slow  # kills a hydratune run and reruns it
 def test_sigkill_then_rerun_resumes_from_the_last_saved_state(fake, tmp_path, cache_dir):
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "trainer.cli", *overrides("eval.enabled=false", "++train.max_steps=10"),
-               f"cache_dir={cache_dir}", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    command = [*overrides("eval.enabled=false", "++train.max_steps=10"), f"cache_dir={cache_dir}",
+               f"hydra.run.dir={run_dir}"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start(command, env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(fake.checkpoints) < 2:  # killed after the state of step 4
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
@@ -146,8 +145,9 @@ def test_sigkill_then_rerun_resumes_from_the_last_saved_state(fake, tmp_path, ca
     saved = json.loads((run_dir / "cloud_state.json").read_text())["tinker"]
     before = list(fake.trained_steps)
     assert saved["step"] in (2, 4) and len(before) >= saved["step"]
-    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = start(command, env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = done.communicate(timeout=600)
+    assert done.returncode == 0, err[-3000:]
     after = [s for _, s in fake.trained_steps[len(before) :]]
     assert after == list(range(saved["step"] + 1, 11))  # resumed right after the saved state, nothing before it
     assert (run_dir / "model" / "adapter_config.json").is_file()
@@ -342,9 +342,9 @@ def test_grpo_sigkill_then_rerun_resumes_from_the_last_saved_state(fake, tmp_pat
     killed one) samples and trains from step 2 on, then evaluates the downloaded LoRA with the reward function."""
     run_dir = tmp_path / "run"
     args = overrides(*GRPO, "train.save_steps=1", *GRPO_EVAL)
-    command = [sys.executable, "-m", "trainer.cli", *args, f"cache_dir={cache_dir}", f"hydra.run.dir={run_dir}"]
+    command = [*args, f"cache_dir={cache_dir}", f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start(command, env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline, state_file = time.monotonic() + 240, run_dir / "cloud_state.json"
     while time.monotonic() < deadline and not (state_file.is_file() and "tinker" in json.loads(state_file.read_text())):
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""

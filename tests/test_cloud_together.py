@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -187,8 +186,7 @@ def test_kill_9_after_the_job_is_created_then_rerun(fake, tmp_path, cache_dir):
         "HYDRATUNE_CACHE": str(cache_dir),
     }
     run = [*overrides(tmp_path), "eval.enabled=false", f"hydra.run.dir={tmp_path / 'run'}"]
-    argv = [sys.executable, "-m", "trainer.cli", *run]
-    done = kill_9_once_a_job_exists(fake, argv, env, tmp_path / "run", tmp_path / "first.log")
+    done = kill_9_once_a_job_exists(fake, run, env, tmp_path / "run", tmp_path / "first.log")
     assert done.returncode == 0, done.stderr[-3000:]
     assert (fake.counters["upload_requests"], fake.counters["jobs_created"]) == (1, 1)
     assert "found job ft-" in done.stdout + done.stderr

@@ -275,9 +275,12 @@ def _run_pages() -> list[str]:
 @pytest.mark.parametrize("page", _run_pages())
 def test_run_blocks(page: str, tmp_path: Path, cache_dir: Path):
     """A page's run blocks, in order, as bash scripts in one scratch directory, on the tiny model."""
+    from tests import warm
+
+    bins = f"{warm.command_dir(tmp_path.parent / f'{tmp_path.name}-bin')}{os.pathsep}{Path(sys.executable).parent}"  # hydratune, then python
     env = {
         **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": f"{bins}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(REPO),
         "HYDRATUNE_CACHE": str(cache_dir),
     }

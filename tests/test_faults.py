@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.fake_provider import files_containing, write_chat_dataset
-from tests.helpers import REPO, compose, hydratune, interruptible
+from tests.helpers import REPO, compose, hydratune, start
 from trainer.config.errors import UserError
 from trainer.engine import checkpoints
 from trainer.run import rundir
@@ -388,10 +388,9 @@ def test_two_concurrent_runs_fill_one_cache_once(tmp_path):
     args += ["dataset.validation_size=2"]
     env = {**os.environ, "HYDRATUNE_CACHE": str(cache)}
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "trainer.cli", *args, f"hydra.run.dir={tmp_path / f'run{i}'}"],
-            cwd=REPO,
-            env=env,
+        start(
+            [*args, f"hydra.run.dir={tmp_path / f'run{i}'}"],
+            env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -508,10 +507,7 @@ def test_ctrl_c_writes_interrupted_and_exits_130_then_resumes(tmp_path, cache_di
     # Ctrl-C lands after the first checkpoint, with 75 steps to go: time enough on a loaded machine.
     steps = [*TINY, "eval=none", "train.max_steps=100", "train.save_steps=25", f"hydra.run.dir={tmp_path}"]
     env = {**os.environ, "HYDRATUNE_CACHE": str(cache_dir)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer.cli", *steps],
-        cwd=REPO, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
-    )  # fmt: skip
+    proc = start(steps, env, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (tmp_path / "checkpoints" / "checkpoint-25" / "trainer_state.json").exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
@@ -529,21 +525,19 @@ def test_ctrl_c_writes_interrupted_and_exits_130_then_resumes(tmp_path, cache_di
 def test_a_full_disk_at_checkpoint_time_is_one_paragraph_and_the_rerun_recovers(tmp_path, cache_dir):
     """The file size limit (RLIMIT_FSIZE) makes the kernel refuse writes past 200 KB, as a full disk would:
     the tiny model's adapter (131 KB) is written, its optimizer state (~200 KB) is cut short."""
-    import resource
-
     limit = 200 * 1024
     steps = [*TINY, "eval=none", "train.max_steps=6", "train.save_steps=3", f"hydra.run.dir={tmp_path}"]
     # the converted model (515 KB) and tokenized data (~1 MB) in the cache first: the limit is for the checkpoint
     prepared = hydratune("prepare", *steps[:-1], f"hydra.run.dir={tmp_path.parent / 'prepared'}", cache=cache_dir)
     assert prepared.returncode == 0, prepared.stderr[-2000:]
-    full = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", *steps],
-        cwd=REPO, env={**os.environ, "HYDRATUNE_CACHE": str(cache_dir)}, capture_output=True, text=True,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)), timeout=600,
-    )  # fmt: skip
-    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-2000:]
-    assert f"Could not write {tmp_path / 'checkpoints' / 'checkpoint-3'}: the write failed (" in full.stderr
-    assert "run the same command again" in full.stderr
+    env = {**os.environ, "HYDRATUNE_CACHE": str(cache_dir)}
+    full = start(
+        steps, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, rlimits={"RLIMIT_FSIZE": (limit, limit)}
+    )
+    _, err = full.communicate(timeout=600)
+    assert full.returncode == 2 and "Traceback" not in err, err[-2000:]
+    assert f"Could not write {tmp_path / 'checkpoints' / 'checkpoint-3'}: the write failed (" in err
+    assert "run the same command again" in err
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["README.md"]  # no partial checkpoint-3
     result = hydratune(*steps, cache=cache_dir)

@@ -9,13 +9,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ASSETS, REPO, compose, hydratune
+from tests.helpers import ASSETS, compose, hydratune, start
 from trainer.config.checks import check_config
 from trainer.config.errors import UserError
 from trainer.engine.checkpoints import problems_of
@@ -204,8 +203,8 @@ def test_objective_trains_with_recorded_losses_and_reports_its_metric(objective,
 
 def kill_after_first_checkpoint(objective: str, run_dir: Path, cache: Path) -> None:
     env = {**os.environ, "HYDRATUNE_CACHE": str(cache)}
-    cmd = [sys.executable, "-m", "trainer.cli", *args(objective), f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [*args(objective), f"hydra.run.dir={run_dir}"]
+    proc = start(cmd, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
 
     def before_last() -> list[Path]:

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 
 from launchers.cloud import record
 from tests.fake_provider import FakeProvider, files_containing, write_chat_dataset
-from tests.helpers import REPO
+from tests.helpers import start
 from trainer.config.errors import UserError
 
 KEY = "sk-record-test-7f3a9"
@@ -81,10 +80,9 @@ def test_killed_midway_then_rerun_sends_no_prompt_twice(fake, tmp_path, composed
     write_chat_dataset(tmp_path / "data.jsonl", 40, fake)
     out = tmp_path / "recorded.jsonl"
     fake.chat_delay_s = 0.2
-    command = [sys.executable, "-m", "trainer.cli", "record", *args(fake, tmp_path / "data.jsonl", out),
-               "record.endpoint.concurrency=3"]  # fmt: skip
-    proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, "RECORD_TEST_KEY": KEY}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    command = ["record", *args(fake, tmp_path / "data.jsonl", out), "record.endpoint.concurrency=3"]
+    env = {**os.environ, "RECORD_TEST_KEY": KEY}
+    proc = start(command, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while not (out.exists() and out.read_text().count("\n") >= 10) and time.monotonic() < deadline:

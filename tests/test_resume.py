@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, hydratune
+from tests.helpers import REPO, hydratune, start
 
 STEPS = 5
 #: A constant learning rate: one step too many would show in the adapter and the losses (a decaying one hides it).
@@ -159,9 +159,7 @@ def test_sigterm_writes_interrupted_and_the_rerun_resumes(tmp_path, cache_dir):
     steps = [*RUN[:4], "eval=none", "train.max_steps=30", "train.save_steps=10", "logger=jsonl"]
     steps.append(f"hydra.run.dir={tmp_path}")
     env = {**os.environ, "HYDRATUNE_CACHE": str(cache_dir)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer.cli", *steps], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
-    )
+    proc = start(steps, env, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (tmp_path / "checkpoints" / "checkpoint-10" / "trainer_state.json").exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
