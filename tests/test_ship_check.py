@@ -85,46 +85,6 @@ def test_a_merged_folder_with_a_broken_template_and_eos_is_flagged(checked_run, 
     assert headline.startswith("**Ship check FAILED (merged")
 
 
-def test_a_gguf_without_its_chat_template_is_flagged(tmp_path, cache_dir):
-    """SmolLM2 + LoRA adapter -> merged -> GGUF (llama.cpp's converter, .ci/gguf). A healthy GGUF carries the chat
-    template in its metadata; one converted from a folder that lost it is named in the ship check's problems."""
-    import torch
-    from omegaconf import OmegaConf
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from trainer import models
-    from trainer.engine import ship_check
-    from trainer.evaluation import local as evaluation
-    from trainer.hosting import export
-
-    cfg = compose("model=smollm2_135m", "model.dtype=float32", "export.gguf=f32", f"cache_dir={cache_dir}")
-    cfg.eval.generation.max_new_tokens = 6
-    base_path = models.resolve_path(cfg.model, cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
-    tokenizer.chat_template = models.CHATML_TEMPLATE
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32), LoraConfig(r=4, target_modules=["q_proj"])
-    )
-    run = tmp_path / "run"
-    model.save_pretrained(run / "model")
-    tokenizer.save_pretrained(run / "model")
-    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    merged = export.save_merged(export.find(run), run / "export" / "merged", cache_dir)
-    healthy = export.to_gguf(merged, tmp_path / "healthy.gguf", "f32", cfg.export.gguf_tools)
-    assert AutoTokenizer.from_pretrained(tmp_path, gguf_file=healthy.name).chat_template  # the loader reads it
-
-    config = json.loads((merged / "tokenizer_config.json").read_text())
-    config.pop("chat_template", None)
-    (merged / "tokenizer_config.json").write_text(json.dumps(config))
-    (merged / "chat_template.jinja").unlink(missing_ok=True)
-    (merged / "config.json").touch()
-    queries = [evaluation.Query([{"role": "user", "content": "Title: soup"}], "x")]
-    section = ship_check.run(cfg, model, tokenizer, queries, run)
-    assert "error" in section["rows"]["gguf"]
-    assert any(p.startswith("gguf: could not be asked") and "no chat template" in p for p in section["problems"])
-
-
 def test_a_served_call_reads_back_as_the_text_the_model_generated():
     """The gate turns the model's <tool_call> text into tool_calls; the ship check turns them back before comparing."""
     from trainer.data import tool_calls
