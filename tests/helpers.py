@@ -57,6 +57,20 @@ def start(args: list[str], env: dict, cwd: Path = REPO, **streams):
     return warm.popen(list(args), env, cwd, **streams)
 
 
+def interrupted_at(args: list[str], cache: Path, checkpoint: Path, sig: int) -> tuple[int, str]:
+    """``hydratune ARGS`` started (:func:`start`), sent ``sig`` once ``checkpoint`` is complete: (exit code, stderr)."""
+    import time
+
+    proc = start(args, {**os.environ, "HYDRATUNE_CACHE": str(cache)}, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (checkpoint / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, f"the run ended before {checkpoint.name}"
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
 def compose_checked(*overrides: str):
     """:func:`compose`, with composition errors (an unknown key, a value outside a closed choice) rewritten into the
     UserError paragraph the CLI prints."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.fake_provider import files_containing, write_chat_dataset
-from tests.helpers import REPO, compose, hydratune, start
+from tests.helpers import REPO, compose, hydratune, interrupted_at, start
 from trainer.config.errors import UserError
 from trainer.engine import checkpoints
 from trainer.run import rundir
@@ -502,19 +502,11 @@ def test_a_50_mb_row_is_prepared_in_under_1_gb(tmp_path):
 @pytest.mark.slow  # trains and interrupts a run
 def test_ctrl_c_writes_interrupted_and_exits_130_then_resumes(tmp_path, cache_dir):
     import signal
-    import time
 
     # Ctrl-C lands after the first checkpoint, with 75 steps to go: time enough on a loaded machine.
     steps = [*TINY, "eval=none", "train.max_steps=100", "train.save_steps=25", f"hydra.run.dir={tmp_path}"]
-    env = {**os.environ, "HYDRATUNE_CACHE": str(cache_dir)}
-    proc = start(steps, env, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not (tmp_path / "checkpoints" / "checkpoint-25" / "trainer_state.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    code, err = interrupted_at(steps, cache_dir, tmp_path / "checkpoints" / "checkpoint-25", signal.SIGINT)
+    assert code == 130 and "Traceback" not in err, err[-2000:]
     assert "interrupted" in err and json.loads((tmp_path / "status.json").read_text())["status"] == "interrupted"
     result = hydratune(*steps, cache=cache_dir)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, hydratune, start
+from tests.helpers import REPO, hydratune, interrupted_at
 
 STEPS = 5
 #: A constant learning rate: one step too many would show in the adapter and the losses (a decaying one hides it).
@@ -158,15 +158,8 @@ def test_a_rerun_from_the_last_steps_checkpoint_takes_it_instead_of_training(cas
 def test_sigterm_writes_interrupted_and_the_rerun_resumes(tmp_path, cache_dir):
     steps = [*RUN[:4], "eval=none", "train.max_steps=30", "train.save_steps=10", "logger=jsonl"]
     steps.append(f"hydra.run.dir={tmp_path}")
-    env = {**os.environ, "HYDRATUNE_CACHE": str(cache_dir)}
-    proc = start(steps, env, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not (tmp_path / "checkpoints" / "checkpoint-10" / "trainer_state.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    code, err = interrupted_at(steps, cache_dir, tmp_path / "checkpoints" / "checkpoint-10", signal.SIGTERM)
+    assert code == 130 and "Traceback" not in err, err[-2000:]
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "interrupted"
     result = hydratune(*steps, cache=cache_dir)
     assert result.returncode == 0, result.stderr[-2000:]
