@@ -46,7 +46,7 @@ def explain_memory_limit(exc: BaseException) -> UserError | None:
     import resource
 
     soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if soft == resource.RLIM_INFINITY:
+    if soft == resource.RLIM_INFINITY or isinstance(exc, UserError):  # a paragraph of ours already says what to do
         return None
     failed = next((link for link in _chain(exc) if _is_failed_allocation(link)), None)
     if failed is None:
@@ -61,13 +61,16 @@ def explain_memory_limit(exc: BaseException) -> UserError | None:
     )
 
 
-#: What a failed allocation says in Python, C++ (torch: bad_alloc), Rust (a thread's stack refused), the dynamic
-#: loader (a shared library that cannot be mapped: an ImportError) and a thread pool (pyarrow: "Failed to launch
-#: worker thread: Resource temporarily unavailable").
+#: What a failed allocation says in Python, C++ (torch: bad_alloc), Rust (a thread's stack refused) and the dynamic
+#: loader (a shared library that cannot be mapped: an ImportError), in a RuntimeError, ImportError, OSError or a Rust
+#: panic.
 _ALLOCATION = (
     "alloc", "out of memory", "os error 12", "failed to map", "failed to spawn thread", "threadpoolbuild",
-    "failed to launch worker thread", "can't start new thread", "cannot allocate memory",
+    "can't start new thread", "cannot allocate memory",
 )  # fmt: skip
+#: A thread pool that could not start a thread, in whatever class its library raises (pyarrow's ArrowException:
+#: "Failed to launch worker thread: Resource temporarily unavailable").
+_THREAD_START = ("failed to launch worker thread",)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -83,11 +86,14 @@ def _chain(exc: BaseException) -> list[BaseException]:
 def _is_failed_allocation(exc: BaseException) -> bool:
     import errno
 
+    if isinstance(exc, UserError):  # hydratune's own paragraph says what is wrong, whatever words it uses
+        return False
     if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
         return True
     text = str(exc).lower()
     if isinstance(exc, SystemError):  # C code that could not even create its MemoryError
         return "without exception set" in text or "without setting an exception" in text
-    # a Rust panic, a library's own exception class (pyarrow's ArrowException), RuntimeError, ImportError, OSError
-    said = isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+    if isinstance(exc, Exception) and any(t in text for t in _THREAD_START):
+        return True
+    said = type(exc).__name__ == "PanicException" or isinstance(exc, RuntimeError | ImportError | OSError)
     return said and any(a in text for a in _ALLOCATION)
