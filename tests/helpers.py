@@ -29,20 +29,21 @@ def hydratune(
     would differ (an environment variable the libraries read at import), with ``fresh=True``, or everywhere with
     HYDRATUNE_TEST_FRESH=1."""
     full_env = {**os.environ, "HYDRATUNE_CACHE": str(cache), **(env or {})}
+    return run_to_end(list(args), full_env, timeout=timeout, fresh=fresh)
+
+
+def run_to_end(
+    args: list[str], env: dict, cwd: Path = REPO, timeout: float = 600, fresh: bool = False
+) -> subprocess.CompletedProcess:
+    """:func:`hydratune` with the whole environment given (``env``) and a working directory of its own."""
     if not fresh and not os.environ.get("HYDRATUNE_TEST_FRESH"):
         from tests import warm
 
-        done = warm.run(list(args), full_env, REPO, timeout)
+        done = warm.run(args, env, cwd, timeout)
         if done is not None:
             return done
-    return subprocess.run(
-        [sys.executable, "-m", "trainer.cli", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=REPO,
-        timeout=timeout,
-    )
+    command = [sys.executable, "-m", "trainer.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
 
 
 def start(args: list[str], env: dict, cwd: Path = REPO, **streams):
@@ -145,9 +146,7 @@ def kill_9_once_a_job_exists(
     state = json.loads((run_dir / "cloud_state.json").read_text())
     assert state["job"] is None and len(state["files"]) == 1, state
     fake.create_delay_s = 0.0
-    rerun = start(args, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = rerun.communicate(timeout=300)
-    return subprocess.CompletedProcess(args, rerun.returncode, out, err)
+    return run_to_end(args, env, timeout=300)
 
 
 @contextmanager

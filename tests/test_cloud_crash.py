@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fake_provider import FakeProvider, files_containing, write_chat_dataset
-from tests.helpers import start
+from tests.helpers import run_to_end, start
 
 pytestmark = pytest.mark.slow  # runs a training job (tiny model) or several processes
 
@@ -55,9 +55,7 @@ def hydratune(argv: list[str], env: dict, log: Path | None = None):
 
 
 def finish(argv: list[str], env: dict) -> subprocess.CompletedProcess:
-    process = start(argv, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = process.communicate(timeout=120)
-    return subprocess.CompletedProcess(argv, process.returncode, out, err)
+    return run_to_end(argv, env, timeout=120)
 
 
 def wait_for(condition, timeout: float = 60.0) -> None:

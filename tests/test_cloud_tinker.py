@@ -18,7 +18,7 @@ import pytest
 from launchers import cloud
 from tests.fake_provider import files_containing
 from tests.fake_tinker import FakeTinker
-from tests.helpers import REPO, compose, start
+from tests.helpers import REPO, compose, run_to_end, start
 
 API_KEY = "tml-test-KEY-0123456789abcdef"
 TINY = ["model.weights.source=tiny_random", "model.weights.name_or_path=tiny-random-llama"]
@@ -145,9 +145,8 @@ def test_sigkill_then_rerun_resumes_from_the_last_saved_state(fake, tmp_path, ca
     saved = json.loads((run_dir / "cloud_state.json").read_text())["tinker"]
     before = list(fake.trained_steps)
     assert saved["step"] in (2, 4) and len(before) >= saved["step"]
-    done = start(command, env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, err = done.communicate(timeout=600)
-    assert done.returncode == 0, err[-3000:]
+    done = run_to_end(command, env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
     after = [s for _, s in fake.trained_steps[len(before) :]]
     assert after == list(range(saved["step"] + 1, 11))  # resumed right after the saved state, nothing before it
     assert (run_dir / "model" / "adapter_config.json").is_file()

@@ -233,36 +233,24 @@ def server() -> Server:
 
 
 def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess | None:
-    """``python -m trainer.cli ARGS`` in a warm child, its output captured: None when a fork would not be faithful
-    (the caller then starts a real process)."""
+    """``python -m trainer.cli ARGS`` in a warm child (:class:`Popen`), to its end, its output captured: None when a
+    fork would not be faithful (the caller then starts a real process)."""
     import tempfile
 
-    warm = server()
-    if not warm.accepts(env):
+    if not server().accepts(env):
         return None
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull) as null:
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.connect(warm.path)
-        request = {"module": "trainer.cli", "args": args, "env": env, "cwd": str(cwd), "sigint": True}
-        socket.send_fds(conn, [json.dumps(request).encode()], [null.fileno(), out.fileno(), err.fileno()])
-        reader = conn.makefile("rb")
-        pid = json.loads(reader.readline())["pid"]
-        conn.settimeout(timeout)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = Popen(args, env, cwd, stdout=out, stderr=err)
         try:
-            line = reader.readline()
-        except TimeoutError:
-            os.kill(pid, signal.SIGKILL)
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
             raise subprocess.TimeoutExpired(["hydratune", *args], timeout) from None
-        finally:
-            conn.settimeout(None)
-        status = json.loads(line)["status"]
-        conn.close()
         out.seek(0)
         err.seek(0)
         stdout = out.read().decode(errors="replace")
         stderr = err.read().decode(errors="replace")
-    code = os.waitstatus_to_exitcode(status)
-    return subprocess.CompletedProcess([sys.executable, "-m", "trainer.cli", *args], code, stdout, stderr)
+    return subprocess.CompletedProcess(process.args, process.wait(), stdout, stderr)
 
 
 class Popen:
